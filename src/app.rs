@@ -1,0 +1,116 @@
+//! The edge of the program: parse flags, set up logging, dispatch to a stage, print its summary,
+//! and turn the outcome into an exit code. This is the only place that decides the exit code.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use serde_json::json;
+
+use crate::cli::{Cli, Command};
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::exit::ExitCode;
+use crate::stage::{self, Outcome};
+
+/// Runs chatetl with these arguments and returns the exit code. Never panics.
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::Ok,
+                _ => ExitCode::Usage,
+            };
+            let _ = e.print();
+            // Missing subcommand prints help but is still a usage error.
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                return ExitCode::Usage;
+            }
+            return code;
+        }
+    };
+    let json_mode = cli.global.json;
+    panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("chatetl: internal error (a bug, please report it): {msg}{at}");
+    }));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| dispatch(cli))).unwrap_or_else(|_| {
+        Err(Error::Internal(
+            "the program panicked; see the line above".into(),
+        ))
+    });
+    match result {
+        Ok(outcome) => outcome.exit,
+        Err(e) => {
+            let code = e.exit_code();
+            if !matches!(e, Error::Internal(_)) || !e.to_string().contains("panicked") {
+                eprintln!("chatetl: error: {e}");
+            }
+            if json_mode {
+                let v = json!({"status": code.name(), "exit_code": code.code(), "error": e.to_string()});
+                print_stdout(&format!("{v}\n"));
+            }
+            code
+        }
+    }
+}
+
+fn print_stdout(s: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`chatetl ... | head`) is not an error worth a panic.
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+fn init_logging(settings: &Settings) {
+    let level = match settings.verbosity {
+        i8::MIN..=-1 => "error",
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHATETL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("chatetl={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn dispatch(cli: Cli) -> Result<Outcome> {
+    if std::env::var_os("CHATETL_DEBUG_PANIC").is_some() {
+        panic!("CHATETL_DEBUG_PANIC is set");
+    }
+    let settings = Settings::load(&cli.global)?;
+    init_logging(&settings);
+    let outcome = match cli.command {
+        Command::CheckLog(a) => stage::check_log::run(&settings, a.date.date, a.require)?,
+        Command::CleanOutput(a) => stage::clean_output::run(&settings, a.date.date, a.dry_run)?,
+        Command::Config => Outcome {
+            exit: ExitCode::Ok,
+            human: settings.describe(),
+            json: settings.to_json(),
+        },
+    };
+    if settings.json {
+        print_stdout(&format!("{}\n", outcome.json));
+    } else if settings.verbosity >= 0 {
+        print_stdout(&outcome.human);
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,364 @@
+//! Every output path, partition escaping, and the commit protocol.
+//!
+//! Nothing else in the crate builds an output path by hand: this module decides what a date owns
+//! under the output root, so `clean-output` removes exactly that, and `write` commits exactly
+//! that, atomically.
+//!
+//! ```text
+//! out/messages/date=D/sender_id=S/part-00000.parquet   the dataset (Hive layout)
+//! out/messages/date=D/_SUCCESS                         manifest, written last
+//! out/rejects/date=D/rejects.jsonl
+//! out/aggregates/date=D/...
+//! out/_staging/date=D/                                  extract's output, write's input
+//! out/_tmp/<dataset>-date=D-<pid>-<n>                   directories being built (leftovers of a crash)
+//! out/_locks/date=D.lock                                per-date advisory lock
+//! ```
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+
+use crate::error::{Error, Result};
+
+/// The Hive name of a null partition value.
+pub const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// The datasets a date owns under the output root, in the order they are produced.
+pub const DATASETS: [&str; 4] = ["messages", "rejects", "aggregates", "reports"];
+
+/// Paths under one output root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// A layout rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    /// The output root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `date=YYYY-MM-DD`, the partition directory name of a date.
+    pub fn date_dir_name(date: NaiveDate) -> String {
+        format!("date={}", date.format("%Y-%m-%d"))
+    }
+
+    /// `<root>/<dataset>/date=D`.
+    pub fn dataset_dir(&self, dataset: &str, date: NaiveDate) -> PathBuf {
+        self.root.join(dataset).join(Self::date_dir_name(date))
+    }
+
+    /// `<root>/messages`, the Hive dataset readers point at.
+    pub fn messages_root(&self) -> PathBuf {
+        self.root.join("messages")
+    }
+
+    /// `<root>/messages/date=D`.
+    pub fn messages_dir(&self, date: NaiveDate) -> PathBuf {
+        self.dataset_dir("messages", date)
+    }
+
+    /// `<root>/rejects/date=D`.
+    pub fn rejects_dir(&self, date: NaiveDate) -> PathBuf {
+        self.dataset_dir("rejects", date)
+    }
+
+    /// `<root>/aggregates/date=D`.
+    pub fn aggregates_dir(&self, date: NaiveDate) -> PathBuf {
+        self.dataset_dir("aggregates", date)
+    }
+
+    /// `<root>/_staging/date=D`: extract's output and write's input.
+    pub fn staging_dir(&self, date: NaiveDate) -> PathBuf {
+        self.dataset_dir("_staging", date)
+    }
+
+    /// `<root>/_tmp`: directories under construction.
+    pub fn tmp_root(&self) -> PathBuf {
+        self.root.join("_tmp")
+    }
+
+    /// `<root>/_locks/date=D.lock`.
+    pub fn lock_file(&self, date: NaiveDate) -> PathBuf {
+        self.root
+            .join("_locks")
+            .join(format!("{}.lock", Self::date_dir_name(date)))
+    }
+
+    /// Every directory a date owns once committed (the staging area included).
+    pub fn owned_dirs(&self, date: NaiveDate) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = DATASETS.iter().map(|d| self.dataset_dir(d, date)).collect();
+        v.push(self.staging_dir(date));
+        v
+    }
+
+    /// Leftover temporary directories of interrupted runs for `date` (from any process).
+    pub fn tmp_leftovers(&self, date: NaiveDate) -> Result<Vec<PathBuf>> {
+        let tag = format!("-{}-", Self::date_dir_name(date));
+        let dir = self.tmp_root();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("cannot list", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("cannot list", &dir, e))?;
+            if entry.file_name().to_string_lossy().contains(&tag) {
+                out.push(entry.path());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Creates a fresh, empty temporary directory for building `dataset` of `date`.
+    pub fn new_tmp_dir(&self, dataset: &str, date: NaiveDate) -> Result<PathBuf> {
+        let tmp = self.tmp_root();
+        fs::create_dir_all(&tmp).map_err(|e| Error::cant_create(&tmp, e))?;
+        for n in 0u32.. {
+            let p = tmp.join(format!(
+                "{dataset}-{}-{}-{n}",
+                Self::date_dir_name(date),
+                std::process::id()
+            ));
+            match fs::create_dir(&p) {
+                Ok(()) => return Ok(p),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::cant_create(&p, e)),
+            }
+        }
+        unreachable!("u32 range exhausted")
+    }
+}
+
+/// Escapes a partition value the way Hive and Spark do (`ExternalCatalogUtils.escapePathName`).
+///
+/// The characters `" # % ' * / : = ? \ ^ { [ ] }`, DEL and the ASCII controls become `%XX`;
+/// everything else, non-ASCII included, stays as UTF-8. An empty value cannot be represented and
+/// is written as the null partition by the caller.
+pub fn escape_partition_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for ch in value.chars() {
+        let needs = matches!(
+            ch,
+            '"' | '#'
+                | '%'
+                | '\''
+                | '*'
+                | '/'
+                | ':'
+                | '='
+                | '?'
+                | '\\'
+                | '^'
+                | '{'
+                | '['
+                | ']'
+                | '}'
+                | '\u{7f}'
+        ) || (ch as u32) < 0x20;
+        if needs {
+            out.push_str(&format!("%{:02X}", ch as u32));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Reverses [`escape_partition_value`] (used by tests and by readers of our own output).
+pub fn unescape_partition_value(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Removes a path (file, symlink or directory tree) without ever following a symlink.
+///
+/// A symlink is removed as a link; its target is never touched. Missing paths are fine.
+pub fn remove_path(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Calls `fsync` on a file or directory.
+pub fn fsync_path(path: &Path) -> io::Result<()> {
+    fs::File::open(path)?.sync_all()
+}
+
+/// Atomically puts the fully built directory `new` at `dest`, replacing what was there.
+///
+/// On Linux this is one `renameat2(RENAME_EXCHANGE)`: a reader sees the old complete directory or
+/// the new complete one, never a mix and never nothing. The old content ends up at `new`'s path
+/// and is removed afterwards. Where the exchange is not supported, the old directory is first
+/// renamed aside, which leaves a short window in which `dest` is absent but never half-written.
+pub fn swap_into_place(new: &Path, dest: &Path) -> Result<()> {
+    let parent = dest.parent().expect("destination has a parent");
+    fs::create_dir_all(parent).map_err(|e| Error::cant_create(parent, e))?;
+    let exists = fs::symlink_metadata(dest).is_ok();
+    if !exists {
+        fs::rename(new, dest).map_err(|e| Error::io("cannot commit", dest, e))?;
+    } else if exchange(new, dest).is_ok() {
+        remove_path(new).map_err(|e| Error::io("cannot remove", new, e))?;
+    } else {
+        let aside = new.with_extension("old");
+        fs::rename(dest, &aside).map_err(|e| Error::io("cannot move aside", dest, e))?;
+        fs::rename(new, dest).map_err(|e| Error::io("cannot commit", dest, e))?;
+        remove_path(&aside).map_err(|e| Error::io("cannot remove", &aside, e))?;
+    }
+    fsync_path(parent).map_err(|e| Error::io("cannot sync", parent, e))?;
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let cb = CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn paths_follow_the_documented_layout() {
+        let l = Layout::new("out");
+        let date = d("2024-10-24");
+        assert_eq!(
+            l.messages_dir(date),
+            PathBuf::from("out/messages/date=2024-10-24")
+        );
+        assert_eq!(
+            l.rejects_dir(date),
+            PathBuf::from("out/rejects/date=2024-10-24")
+        );
+        assert_eq!(
+            l.staging_dir(date),
+            PathBuf::from("out/_staging/date=2024-10-24")
+        );
+        assert_eq!(
+            l.lock_file(date),
+            PathBuf::from("out/_locks/date=2024-10-24.lock")
+        );
+    }
+
+    #[test]
+    fn escaping_matches_hive() {
+        assert_eq!(escape_partition_value("ham"), "ham");
+        assert_eq!(escape_partition_value("a/b"), "a%2Fb");
+        assert_eq!(escape_partition_value("x=1"), "x%3D1");
+        assert_eq!(escape_partition_value("100%"), "100%25");
+        assert_eq!(escape_partition_value("dev ops"), "dev ops");
+        assert_eq!(escape_partition_value("하늘😀"), "하늘😀");
+        assert_eq!(escape_partition_value("a\tb"), "a%09b");
+        assert_eq!(
+            escape_partition_value("/=%:#?*'\"\\[]^{}"),
+            "%2F%3D%25%3A%23%3F%2A%27%22%5C%5B%5D%5E%7B%7D"
+        );
+        assert_eq!(escape_partition_value(".."), "..");
+    }
+
+    #[test]
+    fn escaping_round_trips() {
+        for s in [
+            "../../etc",
+            "/abs/path",
+            "a%2Fb",
+            "100%",
+            "하늘 😀 {x}",
+            "q'\"\\",
+        ] {
+            assert_eq!(unescape_partition_value(&escape_partition_value(s)), s);
+        }
+    }
+
+    #[test]
+    fn tmp_leftovers_are_per_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path());
+        let a = l.new_tmp_dir("messages", d("2024-10-24")).unwrap();
+        let _b = l.new_tmp_dir("messages", d("2024-10-25")).unwrap();
+        assert_eq!(l.tmp_leftovers(d("2024-10-24")).unwrap(), vec![a]);
+    }
+
+    #[test]
+    fn swap_replaces_whole_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("messages/date=2024-10-24");
+        fs::create_dir_all(&dest).unwrap();
+        fs::write(dest.join("old.txt"), "old").unwrap();
+        let new = dir.path().join("new");
+        fs::create_dir_all(&new).unwrap();
+        fs::write(new.join("new.txt"), "new").unwrap();
+        swap_into_place(&new, &dest).unwrap();
+        assert!(dest.join("new.txt").exists());
+        assert!(!dest.join("old.txt").exists());
+        assert!(!new.exists());
+    }
+
+    #[test]
+    fn remove_path_does_not_follow_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("keep"), "x").unwrap();
+        let victim = dir.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        std::os::unix::fs::symlink(&target, victim.join("link")).unwrap();
+        remove_path(&victim).unwrap();
+        assert!(target.join("keep").exists());
+        assert!(!victim.exists());
+    }
+}

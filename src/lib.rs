@@ -1,0 +1,20 @@
+//! chatetl turns a chat service's daily logs into a clean, Hive-partitioned Parquet dataset and
+//! daily aggregates.
+//!
+//! The library holds everything; `src/main.rs` only calls [`app::main_with_args`]. Each stage
+//! lives in [`stage`], shares the record model in `record`, and finds its paths in [`layout`].
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod exit;
+pub mod input;
+pub mod layout;
+pub mod lock;
+pub mod stage;
+
+pub use error::{Error, Result};
+pub use exit::ExitCode;
