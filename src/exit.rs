@@ -107,7 +107,6 @@ impl From<ExitCode> for i32 {
 #[cfg(test)]
 mod tests {
     use super::ExitCode::*;
-    use super::ExitCode;
 
     #[test]
     fn codes_match_the_design_table() {
