@@ -101,6 +101,25 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
     let outcome = match cli.command {
         Command::CheckLog(a) => stage::check_log::run(&settings, a.date.date, a.require)?,
         Command::CleanOutput(a) => stage::clean_output::run(&settings, a.date.date, a.dry_run)?,
+        Command::Extract(a) => {
+            let settings = settings.clone().with_max_reject_ratio(a.max_reject_ratio)?;
+            stage::extract::run(&settings, a.date.date)?
+        }
+        Command::Write(a) => stage::write::run(&settings, a.date)?,
+        Command::Run(a) => {
+            let (from, to) = match (a.date, a.from, a.to) {
+                (Some(d), _, _) => (d, d),
+                (None, Some(f), Some(t)) => (f, t),
+                _ => return Err(Error::Usage("give --date or both --from and --to".into())),
+            };
+            let opts = crate::pipeline::RunOptions {
+                from,
+                to,
+                force: a.force,
+                continue_on_error: a.continue_on_error,
+            };
+            crate::pipeline::run(&settings, &opts)?
+        }
         Command::Config => Outcome {
             exit: ExitCode::Ok,
             human: settings.describe(),

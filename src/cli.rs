@@ -57,6 +57,12 @@ pub enum Command {
     CheckLog(CheckLogArgs),
     /// Remove everything a date produced under the output root (and nothing else).
     CleanOutput(CleanOutputArgs),
+    /// Parse a date's logs into staged records and a rejects file.
+    Extract(ExtractArgs),
+    /// Write a date's staged records as Hive-partitioned Parquet, committed atomically.
+    Write(DateArg),
+    /// Run check-log, extract and write for a date or a range of dates.
+    Run(RunArgs),
     /// Print the effective configuration and where each value came from.
     Config,
 }
@@ -100,6 +106,26 @@ pub struct ExtractArgs {
     /// Fail (65) when rejected lines exceed this share of the non-blank lines [default: 0.5].
     #[arg(long, value_name = "RATIO")]
     pub max_reject_ratio: Option<f64>,
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The date to process (or use --from/--to).
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+    pub date: Option<NaiveDate>,
+    /// First date of a range.
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "to")]
+    pub from: Option<NaiveDate>,
+    /// Last date of a range (inclusive).
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "from")]
+    pub to: Option<NaiveDate>,
+    /// Rebuild dates whose output is already complete for the same input.
+    #[arg(long)]
+    pub force: bool,
+    /// Keep processing the remaining dates after one fails.
+    #[arg(long)]
+    pub continue_on_error: bool,
 }
 
 /// Parses a strict `YYYY-MM-DD` calendar date.

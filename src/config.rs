@@ -443,10 +443,13 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(args: GlobalArgs, env: &[(&str, &str)]) -> Result<Settings> {
-        let env: HashMap<String, String> = env
+        let mut env: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        // Never read the repository's own chatetl.toml from unit tests.
+        env.entry("CHATETL_CONFIG".into())
+            .or_insert_with(|| "/dev/null".into());
         Settings::load_with(&args, &|k| env.get(k).cloned())
     }
 

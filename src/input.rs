@@ -42,7 +42,7 @@ pub struct InputFile {
 }
 
 /// A path that matched the date but cannot be read as a log file.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct SkippedPath {
     /// Path relative to the input root.
     pub rel: String,

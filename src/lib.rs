@@ -14,6 +14,8 @@ pub mod exit;
 pub mod input;
 pub mod layout;
 pub mod lock;
+pub mod pipeline;
+pub mod record;
 pub mod stage;
 
 pub use error::{Error, Result};

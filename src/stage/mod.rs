@@ -8,6 +8,8 @@ use crate::exit::ExitCode;
 
 pub mod check_log;
 pub mod clean_output;
+pub mod extract;
+pub mod write;
 
 /// What a stage reports when it did not fail.
 #[derive(Debug, Clone)]

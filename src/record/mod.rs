@@ -1,0 +1,53 @@
+//! The record model every stage shares: the parsed literal, cleaning, normalisation onto one
+//! schema, and the Arrow schema itself.
+
+pub mod clean;
+pub mod literal;
+pub mod normalize;
+pub mod schema;
+pub mod time;
+
+use serde::Serialize;
+
+/// Whether a record is a person's message or a system announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A message someone typed.
+    Message,
+    /// Sent by a configured system sender such as `[INFO]`.
+    System,
+}
+
+impl Kind {
+    /// The value stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Message => "message",
+            Kind::System => "system",
+        }
+    }
+}
+
+/// One chat message on the common schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Event time, UTC microseconds since the epoch.
+    pub ts: Option<i64>,
+    /// Sender, trimmed; `None` when missing or empty.
+    pub sender_id: Option<String>,
+    /// Message text, cleaned.
+    pub message: String,
+    /// The record's room, else its file's room.
+    pub room: String,
+    /// Kafka offset from the record or an `offset=N` prefix.
+    pub kafka_offset: Option<i64>,
+    /// Message or system.
+    pub kind: Kind,
+    /// JSON object text of the fields not mapped onto the schema.
+    pub extra: Option<String>,
+    /// Input file, relative to the input root.
+    pub source_file: String,
+    /// 1-based line of the input file where the record starts.
+    pub source_line: u64,
+}

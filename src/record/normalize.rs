@@ -1,0 +1,339 @@
+//! Maps a parsed record's fields onto the common schema.
+//!
+//! For each schema field the first alias (in configured order) present in the record wins; every
+//! other key, alias duplicates included, is kept in `extra` as JSON so nothing is silently lost.
+//! A time that cannot be parsed leaves `ts` null and keeps the raw value in `extra`.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono_tz::Tz;
+
+use super::literal::{Value, to_json};
+use super::time::{epoch_int_to_micros, epoch_to_micros, parse_time_str};
+use super::{Kind, Record};
+use crate::config::Settings;
+
+/// Why a parsed record cannot become a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordReject {
+    /// No message field.
+    MissingMessage,
+    /// The message is not a string.
+    MessageNotString,
+    /// The sender is a list or a dict.
+    SenderNotScalar,
+}
+
+impl RecordReject {
+    /// Stable short code for the rejects file.
+    pub fn code(self) -> &'static str {
+        match self {
+            RecordReject::MissingMessage => "missing_message",
+            RecordReject::MessageNotString => "message_not_string",
+            RecordReject::SenderNotScalar => "sender_not_scalar",
+        }
+    }
+
+    /// One sentence for the rejects file.
+    pub fn text(self) -> &'static str {
+        match self {
+            RecordReject::MissingMessage => "the record has no message field",
+            RecordReject::MessageNotString => "the record's message is not a string",
+            RecordReject::SenderNotScalar => "the record's sender is a list or a dict",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Sender,
+    Message,
+    Time,
+    Room,
+    Offset,
+}
+
+/// Where a record came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The file's room (used when the record names none).
+    pub file_room: &'a str,
+    /// The file, relative to the input root.
+    pub source_file: &'a str,
+    /// 1-based line where the record starts.
+    pub line: u64,
+    /// Offset from an `offset=N` prefix on the line.
+    pub prefix_offset: Option<i64>,
+}
+
+/// Normalises records; built once per run from the settings.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    aliases: HashMap<String, (FieldIdx, usize)>,
+    system_senders: HashSet<String>,
+    tz: Tz,
+}
+
+type FieldIdx = u8;
+const FIELDS: [Field; 5] = [
+    Field::Sender,
+    Field::Message,
+    Field::Time,
+    Field::Room,
+    Field::Offset,
+];
+
+impl Normalizer {
+    /// Builds a normaliser from aliases, system senders and zone.
+    pub fn new(settings: &Settings) -> Normalizer {
+        let f = &settings.fields;
+        let mut aliases = HashMap::new();
+        for (idx, list) in [&f.sender, &f.message, &f.time, &f.room, &f.offset]
+            .into_iter()
+            .enumerate()
+        {
+            for (prio, key) in list.iter().enumerate() {
+                aliases
+                    .entry(key.clone())
+                    .or_insert((idx as FieldIdx, prio));
+            }
+        }
+        Normalizer {
+            aliases,
+            system_senders: settings.system_senders.iter().cloned().collect(),
+            tz: settings.tz,
+        }
+    }
+
+    /// Maps one parsed record onto the schema.
+    pub fn normalize(
+        &self,
+        entries: Vec<(String, Value)>,
+        origin: &Origin<'_>,
+    ) -> Result<Record, RecordReject> {
+        // best[i] = (priority, index into entries) of the winning alias of field i.
+        let mut best: [Option<(usize, usize)>; 5] = [None; 5];
+        for (i, (k, _)) in entries.iter().enumerate() {
+            if let Some(&(field, prio)) = self.aliases.get(k.as_str()) {
+                let slot = &mut best[field as usize];
+                if slot.is_none_or(|(p, _)| prio < p) {
+                    *slot = Some((prio, i));
+                }
+            }
+        }
+        let idx = |f: Field| {
+            let pos = FIELDS.iter().position(|x| *x == f).expect("field listed");
+            best[pos].map(|(_, i)| i)
+        };
+        let (si, mi, ti, ri, oi) = (
+            idx(Field::Sender),
+            idx(Field::Message),
+            idx(Field::Time),
+            idx(Field::Room),
+            idx(Field::Offset),
+        );
+        match mi.map(|i| &entries[i].1) {
+            None => return Err(RecordReject::MissingMessage),
+            Some(Value::Str(_)) => {}
+            Some(_) => return Err(RecordReject::MessageNotString),
+        }
+        if let Some(Value::List(_) | Value::Dict(_)) = si.map(|i| &entries[i].1) {
+            return Err(RecordReject::SenderNotScalar);
+        }
+
+        let mut sender_id = None;
+        let mut message = String::new();
+        let mut ts = None;
+        let mut room = None;
+        let mut kafka_offset = None;
+        let mut extra: Vec<(String, Value)> = Vec::new();
+        for (i, (k, v)) in entries.into_iter().enumerate() {
+            let i = Some(i);
+            if i == mi {
+                if let Value::Str(s) = v {
+                    message = s;
+                }
+            } else if i == si {
+                sender_id = scalar_text(v)
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty());
+            } else if i == ti {
+                ts = match &v {
+                    Value::Null => None,
+                    Value::Str(s) => parse_time_str(s, &self.tz),
+                    Value::Int(n) => epoch_int_to_micros(*n),
+                    Value::Float(f) => epoch_to_micros(*f),
+                    _ => None,
+                };
+                if ts.is_none() && v != Value::Null {
+                    extra.push((k, v));
+                }
+            } else if i == ri {
+                match scalar_text(v.clone()).map(|s| s.trim().to_string()) {
+                    Some(s) if !s.is_empty() => room = Some(s),
+                    _ if v == Value::Null => {}
+                    _ => extra.push((k, v)),
+                }
+            } else if i == oi {
+                kafka_offset = match &v {
+                    Value::Int(n) => Some(*n),
+                    Value::Str(s) => s.trim().parse::<i64>().ok(),
+                    _ => None,
+                };
+                if kafka_offset.is_none() && v != Value::Null {
+                    extra.push((k, v));
+                }
+            } else {
+                extra.push((k, v));
+            }
+        }
+        let kind = match &sender_id {
+            Some(s) if self.system_senders.contains(s) => Kind::System,
+            _ => Kind::Message,
+        };
+        Ok(Record {
+            ts,
+            sender_id,
+            message,
+            room: room.unwrap_or_else(|| origin.file_room.to_string()),
+            kafka_offset: kafka_offset.or(origin.prefix_offset),
+            kind,
+            extra: (!extra.is_empty()).then(|| to_json(&Value::Dict(extra), false)),
+            source_file: origin.source_file.to_string(),
+            source_line: origin.line,
+        })
+    }
+}
+
+/// Text of a scalar value (numbers and booleans as Python would print them); `None` for null,
+/// lists and dicts.
+fn scalar_text(v: Value) -> Option<String> {
+    match v {
+        Value::Str(s) => Some(s),
+        Value::Int(n) => Some(n.to_string()),
+        Value::BigInt(s) => Some(s),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Bool(b) => Some(if b { "True" } else { "False" }.to_string()),
+        Value::Null | Value::List(_) | Value::Dict(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::GlobalArgs;
+
+    fn normalizer() -> Normalizer {
+        let args = GlobalArgs {
+            tz: Some("Asia/Seoul".into()),
+            ..Default::default()
+        };
+        let env = |k: &str| (k == "CHATETL_CONFIG").then(|| "/dev/null".to_string());
+        Normalizer::new(&Settings::load_with(&args, &env).unwrap())
+    }
+
+    fn origin() -> Origin<'static> {
+        Origin {
+            file_room: "lobby",
+            source_file: "lobby/chat_2024-10-24.log",
+            line: 7,
+            prefix_offset: Some(3),
+        }
+    }
+
+    fn s(x: &str) -> Value {
+        Value::Str(x.into())
+    }
+
+    #[test]
+    fn maps_aliases_and_keeps_the_rest() {
+        let entries = vec![
+            ("message".into(), s("hi")),
+            ("time".into(), s("2024-08-28 12:19:05")),
+            ("user".into(), s("  TL ")),
+            ("offset".into(), Value::Int(5)),
+            ("end".into(), Value::Bool(false)),
+            ("sender".into(), s("other")),
+        ];
+        let r = normalizer().normalize(entries, &origin()).unwrap();
+        assert_eq!(r.sender_id.as_deref(), Some("TL"));
+        assert_eq!(r.message, "hi");
+        assert_eq!(r.ts, Some(1_724_815_145_000_000));
+        assert_eq!(r.room, "lobby");
+        assert_eq!(r.kafka_offset, Some(5));
+        assert_eq!(r.kind, Kind::Message);
+        assert_eq!(
+            r.extra.as_deref(),
+            Some(r#"{"end": false, "sender": "other"}"#)
+        );
+        assert_eq!(r.source_line, 7);
+    }
+
+    #[test]
+    fn record_room_wins_prefix_offset_fills_in() {
+        let entries = vec![("msg".into(), s("x")), ("chat_room".into(), s("chat3"))];
+        let r = normalizer().normalize(entries, &origin()).unwrap();
+        assert_eq!(r.room, "chat3");
+        assert_eq!(r.kafka_offset, Some(3));
+        assert_eq!(r.sender_id, None);
+        assert_eq!(r.extra, None);
+    }
+
+    #[test]
+    fn unparseable_time_goes_to_extra_and_system_senders_are_marked() {
+        let entries = vec![
+            ("sender".into(), s("[INFO]")),
+            ("message".into(), s("User [a] has entered the chat!\n")),
+            ("timestamp".into(), s("sometime")),
+        ];
+        let r = normalizer().normalize(entries, &origin()).unwrap();
+        assert_eq!(r.ts, None);
+        assert_eq!(r.kind, Kind::System);
+        assert_eq!(r.extra.as_deref(), Some(r#"{"timestamp": "sometime"}"#));
+    }
+
+    #[test]
+    fn rejects() {
+        let n = normalizer();
+        let e = n
+            .normalize(vec![("user".into(), s("a"))], &origin())
+            .unwrap_err();
+        assert_eq!(e, RecordReject::MissingMessage);
+        let e = n
+            .normalize(vec![("message".into(), Value::Int(3))], &origin())
+            .unwrap_err();
+        assert_eq!(e, RecordReject::MessageNotString);
+        let e = n
+            .normalize(
+                vec![
+                    ("message".into(), s("x")),
+                    ("user".into(), Value::List(vec![])),
+                ],
+                &origin(),
+            )
+            .unwrap_err();
+        assert_eq!(e, RecordReject::SenderNotScalar);
+    }
+
+    #[test]
+    fn numeric_sender_and_empty_sender() {
+        let n = normalizer();
+        let r = n
+            .normalize(
+                vec![
+                    ("message".into(), s("x")),
+                    ("senderId".into(), Value::Int(7)),
+                ],
+                &origin(),
+            )
+            .unwrap();
+        assert_eq!(r.sender_id.as_deref(), Some("7"));
+        let r = n
+            .normalize(
+                vec![("message".into(), s("x")), ("user".into(), s("   "))],
+                &origin(),
+            )
+            .unwrap();
+        assert_eq!(r.sender_id, None);
+    }
+}

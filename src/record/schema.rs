@@ -1,0 +1,177 @@
+//! The Arrow schema of staged records and of the Parquet files, and a batch builder.
+//!
+//! Staged records (extract's output) carry every column, `sender_id` included. The Parquet files
+//! leave `sender_id` out because it is the partition column in the path (Spark refuses a column
+//! that is both in the path and in the file).
+
+use std::sync::Arc;
+
+use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::Record;
+
+/// Column names, in order.
+pub const COLUMNS: [&str; 9] = [
+    "ts",
+    "sender_id",
+    "message",
+    "room",
+    "kafka_offset",
+    "kind",
+    "extra",
+    "source_file",
+    "source_line",
+];
+
+/// The schema of staged records (all columns).
+pub fn staged_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("sender_id", DataType::Utf8, true),
+        Field::new("message", DataType::Utf8, false),
+        Field::new("room", DataType::Utf8, false),
+        Field::new("kafka_offset", DataType::Int64, true),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("extra", DataType::Utf8, true),
+        Field::new("source_file", DataType::Utf8, false),
+        Field::new("source_line", DataType::Int64, false),
+    ]))
+}
+
+/// The schema of the Parquet files: the staged schema without `sender_id`.
+pub fn parquet_schema() -> SchemaRef {
+    let s = staged_schema();
+    let fields: Vec<_> = s
+        .fields()
+        .iter()
+        .filter(|f| f.name() != "sender_id")
+        .cloned()
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Accumulates records into Arrow columns.
+pub struct BatchBuilder {
+    ts: TimestampMicrosecondBuilder,
+    sender_id: StringBuilder,
+    message: StringBuilder,
+    room: StringBuilder,
+    kafka_offset: Int64Builder,
+    kind: StringBuilder,
+    extra: StringBuilder,
+    source_file: StringBuilder,
+    source_line: Int64Builder,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::new()
+    }
+}
+
+impl BatchBuilder {
+    /// An empty builder.
+    pub fn new() -> BatchBuilder {
+        BatchBuilder {
+            ts: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            sender_id: StringBuilder::new(),
+            message: StringBuilder::new(),
+            room: StringBuilder::new(),
+            kafka_offset: Int64Builder::new(),
+            kind: StringBuilder::new(),
+            extra: StringBuilder::new(),
+            source_file: StringBuilder::new(),
+            source_line: Int64Builder::new(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, r: &Record) {
+        self.ts.append_option(r.ts);
+        self.sender_id.append_option(r.sender_id.as_deref());
+        self.message.append_value(&r.message);
+        self.room.append_value(&r.room);
+        self.kafka_offset.append_option(r.kafka_offset);
+        self.kind.append_value(r.kind.as_str());
+        self.extra.append_option(r.extra.as_deref());
+        self.source_file.append_value(&r.source_file);
+        self.source_line.append_value(r.source_line as i64);
+        self.rows += 1;
+        self.bytes += 64
+            + r.message.len()
+            + r.room.len()
+            + r.source_file.len()
+            + r.sender_id.as_ref().map_or(0, |s| s.len())
+            + r.extra.as_ref().map_or(0, |s| s.len());
+    }
+
+    /// Rows appended since the last [`BatchBuilder::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Approximate bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Builds a batch of everything appended and resets the builder.
+    pub fn finish(&mut self) -> RecordBatch {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.ts.finish()),
+            Arc::new(self.sender_id.finish()),
+            Arc::new(self.message.finish()),
+            Arc::new(self.room.finish()),
+            Arc::new(self.kafka_offset.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.extra.finish()),
+            Arc::new(self.source_file.finish()),
+            Arc::new(self.source_line.finish()),
+        ];
+        self.rows = 0;
+        self.bytes = 0;
+        RecordBatch::try_new(staged_schema(), cols).expect("builder columns match the schema")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Kind;
+
+    #[test]
+    fn builder_matches_schema_and_parquet_schema_drops_sender() {
+        let mut b = BatchBuilder::new();
+        b.push(&Record {
+            ts: Some(1),
+            sender_id: None,
+            message: "m".into(),
+            room: "r".into(),
+            kafka_offset: None,
+            kind: Kind::System,
+            extra: Some("{}".into()),
+            source_file: "f".into(),
+            source_line: 1,
+        });
+        let batch = b.finish();
+        assert_eq!(batch.num_rows(), 1);
+        assert_eq!(batch.schema().fields().len(), COLUMNS.len());
+        assert!(parquet_schema().field_with_name("sender_id").is_err());
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,246 @@
+//! Event-time parsing: every form the chat producers write, to UTC microseconds.
+//!
+//! Accepted: epoch seconds, milliseconds, microseconds or nanoseconds (number or numeric string,
+//! with a fraction; the unit is chosen by magnitude), ISO 8601 / RFC 3339 with or without an
+//! offset (`T` or space between date and time), `YYYY-MM-DD HH:MM:SS[.ffffff]`,
+//! `YYYY-MM-DD HH-MM-SS`, `YYYY/MM/DD HH:MM:SS`, and `time.ctime()` (`Wed Aug 28 12:19:05 2024`).
+//! Naive times are wall-clock in the configured zone; an ambiguous wall-clock time (the hour a
+//! DST change repeats) takes the earlier instant, a skipped one moves forward by the gap.
+
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+use chrono_tz::Tz;
+
+/// Microseconds since the Unix epoch for a number read as an epoch timestamp.
+///
+/// Magnitudes pick the unit: below 1e11 seconds (until year 5138), below 1e14 milliseconds,
+/// below 1e17 microseconds, else nanoseconds.
+pub fn epoch_to_micros(v: f64) -> Option<i64> {
+    if !v.is_finite() {
+        return None;
+    }
+    let a = v.abs();
+    let micros = if a < 1e11 {
+        v * 1e6
+    } else if a < 1e14 {
+        v * 1e3
+    } else if a < 1e17 {
+        v
+    } else {
+        v / 1e3
+    };
+    // Keep within the range chrono and Arrow readers agree on (years 0001-9999).
+    if !(-62_135_596_800e6..=253_402_300_799e6).contains(&micros) {
+        return None;
+    }
+    Some(micros.round() as i64)
+}
+
+/// Integer epoch values without going through f64 (exact for large millisecond values).
+pub fn epoch_int_to_micros(v: i64) -> Option<i64> {
+    let a = v.unsigned_abs();
+    let micros = if a < 100_000_000_000 {
+        v.checked_mul(1_000_000)?
+    } else if a < 100_000_000_000_000 {
+        v.checked_mul(1_000)?
+    } else if a < 100_000_000_000_000_000 {
+        v
+    } else {
+        v / 1_000
+    };
+    (-62_135_596_800_000_000..=253_402_300_799_000_000)
+        .contains(&micros)
+        .then_some(micros)
+}
+
+/// Parses a time string; `None` when it is not a recognised form.
+pub fn parse_time_str(s: &str, tz: &Tz) -> Option<i64> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 64 {
+        return None;
+    }
+    let b = s.as_bytes();
+    if b[0].is_ascii_digit() || b[0] == b'-' || b[0] == b'+' {
+        if (s.bytes().all(|c| c.is_ascii_digit())
+            || (b[0] == b'-' && s[1..].bytes().all(|c| c.is_ascii_digit())))
+            && let Ok(i) = s.parse::<i64>()
+        {
+            return epoch_int_to_micros(i);
+        }
+        if s.bytes().all(|c| {
+            c.is_ascii_digit() || c == b'.' || c == b'-' || c == b'+' || c == b'e' || c == b'E'
+        }) && let Ok(f) = s.parse::<f64>()
+        {
+            return epoch_to_micros(f);
+        }
+        if s.len() >= 10 && matches!(b[4], b'-' | b'/') {
+            return parse_datetime(s, tz);
+        }
+        return None;
+    }
+    parse_ctime(s, tz)
+}
+
+/// Date-time forms starting with `YYYY-MM-DD` or `YYYY/MM/DD`.
+fn parse_datetime(s: &str, tz: &Tz) -> Option<i64> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(dt.timestamp_micros());
+    }
+    let norm: String;
+    let mut t = s;
+    if t.as_bytes()[4] == b'/' {
+        norm = t.replace('/', "-");
+        t = &norm;
+    }
+    // Offsets: "+09:00", "+0900", "Z" after a T or space separated time.
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+    ] {
+        if let Ok(dt) = DateTime::parse_from_str(t, fmt) {
+            return Some(dt.timestamp_micros());
+        }
+    }
+    if let Some(stripped) = t.strip_suffix('Z').or_else(|| t.strip_suffix(" UTC")) {
+        return parse_naive(stripped).map(|n| n.and_utc().timestamp_micros());
+    }
+    parse_naive(t).and_then(|n| local_to_micros(n, tz))
+}
+
+fn parse_naive(t: &str) -> Option<NaiveDateTime> {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H-%M-%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%d_%H-%M-%S",
+    ] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
+            return Some(n);
+        }
+    }
+    NaiveDate::parse_from_str(t, "%Y-%m-%d")
+        .ok()
+        .map(|d| d.and_time(NaiveTime::MIN))
+}
+
+/// `time.ctime()` form: `Wed Aug 28 12:19:05 2024` (day padded with a space or not).
+fn parse_ctime(s: &str, tz: &Tz) -> Option<i64> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    if words.len() != 5 {
+        return None;
+    }
+    let joined = words.join(" ");
+    NaiveDateTime::parse_from_str(&joined, "%a %b %d %H:%M:%S %Y")
+        .ok()
+        .and_then(|n| local_to_micros(n, tz))
+}
+
+/// A wall-clock time in `tz` as UTC microseconds.
+pub fn local_to_micros(n: NaiveDateTime, tz: &Tz) -> Option<i64> {
+    match tz.from_local_datetime(&n) {
+        LocalResult::Single(dt) => Some(dt.timestamp_micros()),
+        LocalResult::Ambiguous(a, _) => Some(a.timestamp_micros()),
+        LocalResult::None => {
+            // A time inside a DST gap: move forward until it exists (gaps are at most 2 hours).
+            (1..=8).find_map(|q| {
+                let later = n + chrono::Duration::minutes(15 * q);
+                match tz.from_local_datetime(&later) {
+                    LocalResult::Single(dt) => Some(dt.timestamp_micros()),
+                    LocalResult::Ambiguous(a, _) => Some(a.timestamp_micros()),
+                    LocalResult::None => None,
+                }
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::Asia::Seoul;
+
+    fn utc(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn naive_forms_are_local_time() {
+        let want = utc("2024-08-28T03:19:05Z");
+        for s in [
+            "2024-08-28 12:19:05",
+            "2024-08-28T12:19:05",
+            "2024-08-28 12-19-05",
+            "2024/08/28 12:19:05",
+            "Wed Aug 28 12:19:05 2024",
+            " 2024-08-28 12:19:05 ",
+        ] {
+            assert_eq!(parse_time_str(s, &Seoul), Some(want), "{s}");
+        }
+        assert_eq!(
+            parse_time_str("2024-08-27 14:36:39.979985", &Seoul),
+            Some(utc("2024-08-27T05:36:39.979985Z"))
+        );
+        assert_eq!(
+            parse_time_str("2024-08-26T11:25:59.859694", &Seoul),
+            Some(utc("2024-08-26T02:25:59.859694Z"))
+        );
+    }
+
+    #[test]
+    fn offsets_are_honoured() {
+        let want = utc("2024-08-28T03:19:05Z");
+        for s in [
+            "2024-08-28T12:19:05+09:00",
+            "2024-08-28T03:19:05Z",
+            "2024-08-28 12:19:05+0900",
+            "2024-08-28T03:19:05.000Z",
+            "2024-08-28 03:19:05 UTC",
+        ] {
+            assert_eq!(parse_time_str(s, &Seoul), Some(want), "{s}");
+        }
+    }
+
+    #[test]
+    fn epochs_by_magnitude() {
+        let want = utc("2024-08-28T03:19:05Z");
+        assert_eq!(parse_time_str("1724815145", &Seoul), Some(want));
+        assert_eq!(parse_time_str("1724815145000", &Seoul), Some(want));
+        assert_eq!(parse_time_str("1724815145.5", &Seoul), Some(want + 500_000));
+        assert_eq!(epoch_int_to_micros(1_724_815_145_000_000), Some(want));
+        assert_eq!(epoch_int_to_micros(1_724_815_145_000_000_000), Some(want));
+        assert_eq!(epoch_to_micros(1_724_815_145.25), Some(want + 250_000));
+        assert_eq!(epoch_to_micros(f64::NAN), None);
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        for s in [
+            "",
+            "yesterday",
+            "2024-13-45 10:00:00",
+            "12:00",
+            "Wed Aug 28",
+            "1e400",
+            "--5",
+        ] {
+            assert_eq!(parse_time_str(s, &Seoul), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn dst_gap_and_overlap() {
+        let ny = chrono_tz::America::New_York;
+        // 2024-03-10 02:30 does not exist in New York; 2024-11-03 01:30 happens twice.
+        assert_eq!(
+            parse_time_str("2024-03-10 02:30:00", &ny),
+            Some(utc("2024-03-10T07:00:00Z"))
+        );
+        assert_eq!(
+            parse_time_str("2024-11-03 01:30:00", &ny),
+            Some(utc("2024-11-03T05:30:00Z"))
+        );
+    }
+}

@@ -1,0 +1,1367 @@
+//! `extract`: parse a date's logs into staged records and a rejects file.
+//!
+//! Each file's format is detected from its content (no flag): a pretty-printed JSON array, CSV
+//! with a header, or line-oriented logs. Line-oriented logs cover Python `str(dict)` lines, JSON
+//! lines and records after a prefix (`offset=N, value={...}`, Airflow task-log lines): on each
+//! line a record starts at the first `{` followed by optional spaces and a quote, and the safe
+//! parser in [`crate::record::literal`] reads exactly that record.
+//!
+//! Every input line is counted as exactly one of: part of a record, rejected, noise, blank. Each
+//! rejected line is written to `rejects/date=D/rejects.jsonl` with its file, line, reason and
+//! raw text. Records are staged as an Arrow IPC file under `_staging/date=D/` together with
+//! `extract.json` (inputs with sha256, counts), which `write` turns into Parquet.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::hash::{Hash, Hasher};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use arrow_ipc::writer::FileWriter;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::exit::ExitCode;
+use crate::input::InputFile;
+use crate::layout::{Layout, fsync_path, swap_into_place};
+use crate::lock::DateLock;
+use crate::record::clean::{clean_bytes, escape_raw};
+use crate::record::literal::{self, Drops, Limits, Value};
+use crate::record::normalize::{Normalizer, Origin};
+use crate::record::schema::{BatchBuilder, staged_schema};
+use crate::record::{Kind, Record};
+use crate::stage::Outcome;
+
+/// File name of the staged records inside the staging directory.
+pub const STAGED_RECORDS: &str = "records.arrow";
+/// File name of the extract summary inside the staging directory.
+pub const STAGED_SUMMARY: &str = "extract.json";
+/// File name of the rejects file inside `rejects/date=D/`.
+pub const REJECTS_FILE: &str = "rejects.jsonl";
+
+/// Bytes of a rejected line kept in the rejects file when the line is over the limit.
+const RAW_PREFIX_OF_LONG_LINE: usize = 1024;
+/// Rows per staged Arrow batch.
+const BATCH_ROWS: usize = 64 * 1024;
+/// Bytes of lines handed to the parser at a time.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// How a file's content was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One record (or noise) per line: Python repr, JSON lines, prefixed lines.
+    Lines,
+    /// A pretty-printed JSON array of records.
+    JsonArray,
+    /// CSV with a header row.
+    Csv,
+    /// No content.
+    Empty,
+}
+
+/// Counts for one input file. `lines == record_lines + rejected + noise + blank` always.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FileStats {
+    /// Path relative to the input root.
+    pub file: String,
+    /// The file's room.
+    pub room: String,
+    /// Detected format.
+    pub format: Option<Format>,
+    /// File size in bytes as stored (compressed for `.gz`).
+    pub size: u64,
+    /// SHA-256 of the file as stored.
+    pub sha256: String,
+    /// Lines read (after decompression).
+    pub lines: u64,
+    /// Lines that are part of a record.
+    pub record_lines: u64,
+    /// Lines rejected (each one is in the rejects file).
+    pub rejected: u64,
+    /// Lines with no record.
+    pub noise: u64,
+    /// Empty or whitespace-only lines.
+    pub blank: u64,
+    /// Records parsed (before dropping duplicates).
+    pub records: u64,
+    /// Exact duplicates of an earlier Kafka record (same room, offset and content), dropped.
+    pub duplicates: u64,
+    /// Records with the room and offset of an earlier record but other content, kept.
+    pub conflicts: u64,
+    /// Records from system senders.
+    pub system: u64,
+    /// Records without a usable time.
+    pub ts_missing: u64,
+    /// Characters dropped from strings, by kind.
+    pub dropped: DropCounts,
+}
+
+/// Serializable mirror of [`Drops`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DropCounts {
+    /// Lone surrogates (escaped or encoded).
+    pub lone_surrogates: u64,
+    /// Bytes that are not UTF-8.
+    pub invalid_bytes: u64,
+    /// Control characters other than `\n` and `\t`.
+    pub control_chars: u64,
+}
+
+impl DropCounts {
+    fn add(&mut self, d: &Drops) {
+        self.lone_surrogates += d.lone_surrogates;
+        self.invalid_bytes += d.invalid_bytes;
+        self.control_chars += d.control_chars;
+    }
+
+    fn merge(&mut self, o: &DropCounts) {
+        self.lone_surrogates += o.lone_surrogates;
+        self.invalid_bytes += o.invalid_bytes;
+        self.control_chars += o.control_chars;
+    }
+}
+
+/// Totals over all files of the date.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    /// Lines read.
+    pub lines: u64,
+    /// Lines that are part of a record.
+    pub record_lines: u64,
+    /// Lines rejected.
+    pub rejected: u64,
+    /// Lines with no record.
+    pub noise: u64,
+    /// Blank lines.
+    pub blank: u64,
+    /// Records parsed.
+    pub records: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Offset conflicts kept.
+    pub conflicts: u64,
+    /// Records staged (records minus duplicates).
+    pub staged: u64,
+    /// System records staged.
+    pub system: u64,
+    /// Records without a usable time.
+    pub ts_missing: u64,
+    /// Distinct senders staged (null counts as one).
+    pub senders: u64,
+    /// Dropped characters.
+    pub dropped: DropCounts,
+}
+
+/// What `extract` staged for a date; saved as `extract.json` and read by `write`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExtractSummary {
+    /// Tool version that staged it.
+    pub version: String,
+    /// The logical date.
+    pub date: NaiveDate,
+    /// Zone used for naive times.
+    pub tz: String,
+    /// Per-file counts.
+    pub files: Vec<FileStats>,
+    /// Totals.
+    pub totals: Totals,
+    /// Rows per sender (null sender under the empty key is not possible in JSON maps, so
+    /// it is listed under `__HIVE_DEFAULT_PARTITION__`).
+    pub per_sender: std::collections::BTreeMap<String, u64>,
+    /// Paths that matched the date but were not regular files.
+    pub skipped_paths: Vec<crate::input::SkippedPath>,
+    /// Seconds spent.
+    pub duration_s: f64,
+}
+
+/// A rejected line.
+#[derive(Debug, Serialize)]
+struct RejectRow<'a> {
+    file: &'a str,
+    line: u64,
+    reason: &'a str,
+    detail: String,
+    raw: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_bytes: Option<u64>,
+}
+
+/// Runs `extract` under the date's lock.
+pub fn run(settings: &Settings, date: NaiveDate) -> Result<Outcome> {
+    crate::stage::clean_output::check_output_root(settings)?;
+    let layout = Layout::new(&settings.output_root);
+    let _lock = DateLock::acquire(&layout, date, "chatetl extract")?;
+    let summary = extract(settings, &layout, date)?;
+    Ok(outcome(settings, &layout, summary))
+}
+
+/// Human and JSON summaries of an extract.
+pub fn outcome(settings: &Settings, layout: &Layout, s: Option<ExtractSummary>) -> Outcome {
+    let Some(s) = s else {
+        return Outcome {
+            exit: ExitCode::Skipped,
+            human: "no input for this date; nothing staged\n".into(),
+            json: json!({"stage": "extract", "status": "skipped", "exit_code": 99}),
+        };
+    };
+    let mut human = format!(
+        "{:<44} {:>7} {:>8} {:>8} {:>6} {:>6} {:>6}\n",
+        "file", "lines", "records", "rejected", "noise", "blank", "dups"
+    );
+    for f in &s.files {
+        human.push_str(&format!(
+            "{:<44} {:>7} {:>8} {:>8} {:>6} {:>6} {:>6}\n",
+            f.file, f.lines, f.records, f.rejected, f.noise, f.blank, f.duplicates
+        ));
+    }
+    let t = &s.totals;
+    human.push_str(&format!(
+        "{}: staged {} records from {} senders ({} system); {} of {} lines rejected; dropped {} lone surrogates, {} invalid bytes, {} control characters\n",
+        s.date,
+        t.staged,
+        t.senders,
+        t.system,
+        t.rejected,
+        t.lines,
+        t.dropped.lone_surrogates,
+        t.dropped.invalid_bytes,
+        t.dropped.control_chars
+    ));
+    human.push_str(&format!(
+        "rejects: {}\n",
+        layout.rejects_dir(s.date).join(REJECTS_FILE).display()
+    ));
+    let _ = settings;
+    let json = json!({
+        "stage": "extract",
+        "date": s.date.to_string(),
+        "status": "ok",
+        "exit_code": 0,
+        "summary": s,
+        "rejects_file": layout.rejects_dir(s.date).join(REJECTS_FILE),
+    });
+    Outcome {
+        exit: ExitCode::Ok,
+        human,
+        json,
+    }
+}
+
+/// Extracts `date`; the caller holds the date's lock. `Ok(None)` means no input (skipped).
+pub fn extract(
+    settings: &Settings,
+    layout: &Layout,
+    date: NaiveDate,
+) -> Result<Option<ExtractSummary>> {
+    let started = Instant::now();
+    let found = crate::stage::check_log::discover(settings, date)?;
+    if !found.has_input() {
+        return Ok(None);
+    }
+    for leftover in layout.tmp_leftovers(date)? {
+        crate::layout::remove_path(&leftover)
+            .map_err(|e| Error::io("cannot remove", &leftover, e))?;
+    }
+    let staging_tmp = layout.new_tmp_dir("staging", date)?;
+    let rejects_tmp = layout.new_tmp_dir("rejects", date)?;
+    let result = extract_into(settings, date, &found.files, &staging_tmp, &rejects_tmp);
+    let (mut summary, reject_ratio) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = crate::layout::remove_path(&staging_tmp);
+            let _ = crate::layout::remove_path(&rejects_tmp);
+            return Err(e);
+        }
+    };
+    summary.skipped_paths = found.skipped.clone();
+    summary.duration_s = started.elapsed().as_secs_f64();
+    let too_many = reject_ratio > settings.max_reject_ratio;
+    swap_into_place(&rejects_tmp, &layout.rejects_dir(date))?;
+    if too_many {
+        let _ = crate::layout::remove_path(&staging_tmp);
+        let staged = layout.staging_dir(date);
+        crate::layout::remove_path(&staged).map_err(|e| Error::io("cannot remove", &staged, e))?;
+        return Err(Error::Data(format!(
+            "{date}: {} of {} non-blank lines rejected ({:.0}% > max_reject_ratio {:.0}%); nothing staged; see {}",
+            summary.totals.rejected,
+            summary.totals.lines - summary.totals.blank,
+            reject_ratio * 100.0,
+            settings.max_reject_ratio * 100.0,
+            layout.rejects_dir(date).join(REJECTS_FILE).display()
+        )));
+    }
+    let summary_path = staging_tmp.join(STAGED_SUMMARY);
+    let text = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Internal(e.to_string()))?;
+    write_synced(&summary_path, &text)?;
+    fsync_path(&staging_tmp).map_err(|e| Error::io("cannot sync", &staging_tmp, e))?;
+    swap_into_place(&staging_tmp, &layout.staging_dir(date))?;
+    tracing::info!(
+        "Staged {} records of {date} from {} files.",
+        summary.totals.staged,
+        summary.files.len()
+    );
+    Ok(Some(summary))
+}
+
+/// Writes a file and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| Error::io("cannot create", path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("cannot write", path, e))
+}
+
+/// Everything shared while extracting one date.
+struct Sink {
+    normalizer: Normalizer,
+    limits: Limits,
+    max_line: usize,
+    builder: BatchBuilder,
+    writer: FileWriter<BufWriter<File>>,
+    staged_path: PathBuf,
+    rejects: BufWriter<File>,
+    rejects_path: PathBuf,
+    seen: HashMap<(u64, i64), u64>,
+    senders: HashMap<Option<String>, u64>,
+    budget_bytes: usize,
+}
+
+impl Sink {
+    fn reject(
+        &mut self,
+        stats: &mut FileStats,
+        line: u64,
+        reason: &str,
+        detail: String,
+        raw: &[u8],
+        raw_len: Option<u64>,
+    ) -> Result<()> {
+        stats.rejected += 1;
+        let row = RejectRow {
+            file: &stats.file,
+            line,
+            reason,
+            detail,
+            raw: escape_raw(raw),
+            raw_bytes: raw_len,
+        };
+        let mut text = serde_json::to_vec(&row).map_err(|e| Error::Internal(e.to_string()))?;
+        text.push(b'\n');
+        self.rejects
+            .write_all(&text)
+            .map_err(|e| Error::io("cannot write", &self.rejects_path, e))
+    }
+
+    /// Normalises and stages one parsed record (or rejects its lines).
+    fn record(
+        &mut self,
+        stats: &mut FileStats,
+        entries: Vec<(String, Value)>,
+        origin: Origin<'_>,
+        raw: &[u8],
+    ) -> Result<bool> {
+        match self.normalizer.normalize(entries, &origin) {
+            Ok(r) => {
+                self.stage(stats, r)?;
+                Ok(true)
+            }
+            Err(rej) => {
+                self.reject(stats, origin.line, rej.code(), rej.text().into(), raw, None)?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn stage(&mut self, stats: &mut FileStats, r: Record) -> Result<()> {
+        stats.records += 1;
+        if let Some(off) = r.kafka_offset {
+            let key = (hash_of(&r.room), off);
+            let content = hash_of(&(&r.sender_id, &r.message, r.ts, &r.extra));
+            match self.seen.get(&key) {
+                Some(&h) if h == content => {
+                    stats.duplicates += 1;
+                    return Ok(());
+                }
+                Some(_) => stats.conflicts += 1,
+                None => {
+                    self.seen.insert(key, content);
+                }
+            }
+        }
+        if r.kind == Kind::System {
+            stats.system += 1;
+        }
+        if r.ts.is_none() {
+            stats.ts_missing += 1;
+        }
+        *self.senders.entry(r.sender_id.clone()).or_default() += 1;
+        self.builder.push(&r);
+        if self.builder.len() >= BATCH_ROWS || self.builder.bytes() >= self.budget_bytes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let batch = self.builder.finish();
+        self.writer
+            .write(&batch)
+            .map_err(|e| arrow_err("cannot write", &self.staged_path, e))
+    }
+}
+
+fn arrow_err(what: &'static str, path: &Path, e: arrow_schema::ArrowError) -> Error {
+    match e {
+        arrow_schema::ArrowError::IoError(_, io) => Error::io(what, path, io),
+        other => Error::io(what, path, io::Error::other(other.to_string())),
+    }
+}
+
+fn hash_of<T: Hash>(t: &T) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+/// Extracts every file into the temporary staging and rejects directories.
+fn extract_into(
+    settings: &Settings,
+    date: NaiveDate,
+    files: &[InputFile],
+    staging: &Path,
+    rejects: &Path,
+) -> Result<(ExtractSummary, f64)> {
+    let staged_path = staging.join(STAGED_RECORDS);
+    let file =
+        File::create(&staged_path).map_err(|e| Error::io("cannot create", &staged_path, e))?;
+    let writer = FileWriter::try_new(BufWriter::new(file), &staged_schema())
+        .map_err(|e| arrow_err("cannot write", &staged_path, e))?;
+    let rejects_path = rejects.join(REJECTS_FILE);
+    let rf =
+        File::create(&rejects_path).map_err(|e| Error::io("cannot create", &rejects_path, e))?;
+    let mut sink = Sink {
+        normalizer: Normalizer::new(settings),
+        limits: Limits::default(),
+        max_line: settings.max_line_bytes,
+        builder: BatchBuilder::new(),
+        writer,
+        staged_path: staged_path.clone(),
+        rejects: BufWriter::new(rf),
+        rejects_path: rejects_path.clone(),
+        seen: HashMap::new(),
+        senders: HashMap::new(),
+        budget_bytes: (settings.memory_budget_mb as usize) << 20 >> 3,
+    };
+    let whole_file_cap = ((settings.memory_budget_mb as usize) << 20) / 2;
+    let mut stats_all = Vec::new();
+    for f in files {
+        let stats = extract_file(&mut sink, f, whole_file_cap)?;
+        debug_assert_eq!(
+            stats.lines,
+            stats.record_lines + stats.rejected + stats.noise + stats.blank
+        );
+        stats_all.push(stats);
+    }
+    sink.flush()?;
+    sink.writer
+        .finish()
+        .map_err(|e| arrow_err("cannot write", &staged_path, e))?;
+    let mut inner = sink
+        .writer
+        .into_inner()
+        .map_err(|e| arrow_err("cannot write", &staged_path, e))?;
+    inner
+        .flush()
+        .map_err(|e| Error::io("cannot write", &staged_path, e))?;
+    inner
+        .get_ref()
+        .sync_all()
+        .map_err(|e| Error::io("cannot sync", &staged_path, e))?;
+    sink.rejects
+        .flush()
+        .map_err(|e| Error::io("cannot write", &rejects_path, e))?;
+    sink.rejects
+        .get_ref()
+        .sync_all()
+        .map_err(|e| Error::io("cannot sync", &rejects_path, e))?;
+
+    let mut t = Totals::default();
+    for s in &stats_all {
+        t.lines += s.lines;
+        t.record_lines += s.record_lines;
+        t.rejected += s.rejected;
+        t.noise += s.noise;
+        t.blank += s.blank;
+        t.records += s.records;
+        t.duplicates += s.duplicates;
+        t.conflicts += s.conflicts;
+        t.system += s.system;
+        t.ts_missing += s.ts_missing;
+        t.dropped.merge(&s.dropped);
+    }
+    t.staged = t.records - t.duplicates;
+    t.senders = sink.senders.len() as u64;
+    let per_sender = sink
+        .senders
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone()
+                    .unwrap_or_else(|| crate::layout::HIVE_NULL.to_string()),
+                *v,
+            )
+        })
+        .collect();
+    let non_blank = t.lines - t.blank;
+    let ratio = if non_blank == 0 {
+        0.0
+    } else {
+        t.rejected as f64 / non_blank as f64
+    };
+    let summary = ExtractSummary {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        date,
+        tz: settings.tz.name().to_string(),
+        files: stats_all,
+        totals: t,
+        per_sender,
+        skipped_paths: Vec::new(),
+        duration_s: 0.0,
+    };
+    Ok((summary, ratio))
+}
+
+/// A reader that hashes and counts the bytes it passes on.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads one file, choosing the format from its first line.
+fn extract_file(sink: &mut Sink, f: &InputFile, whole_file_cap: usize) -> Result<FileStats> {
+    let mut stats = FileStats {
+        file: f.rel.clone(),
+        room: f.room.clone(),
+        size: f.size,
+        ..Default::default()
+    };
+    let raw = File::open(&f.path).map_err(|e| Error::io("cannot read", &f.path, e))?;
+    let hashing = HashingReader {
+        inner: raw,
+        hasher: Sha256::new(),
+    };
+    let mut hashing = BufReader::with_capacity(1 << 20, hashing);
+    let decoded: Box<dyn Read + '_> = if f.gzip {
+        Box::new(flate2::bufread::MultiGzDecoder::new(&mut hashing))
+    } else {
+        Box::new(&mut hashing)
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, decoded);
+    let read_err = |e: io::Error| {
+        if f.gzip
+            && matches!(
+                e.kind(),
+                io::ErrorKind::InvalidInput
+                    | io::ErrorKind::InvalidData
+                    | io::ErrorKind::UnexpectedEof
+            )
+        {
+            Error::Data(format!(
+                "{}: not a readable gzip file: {e}",
+                f.path.display()
+            ))
+        } else {
+            Error::io("cannot read", &f.path, e)
+        }
+    };
+
+    // Peek at the start: BOM, first non-blank bytes.
+    let head = peek_head(&mut reader).map_err(read_err)?;
+    let format = detect_format(&head, &f.rel);
+    stats.format = Some(format);
+    match format {
+        Format::Empty | Format::Lines => {
+            lines_mode(sink, &mut stats, &mut reader, f).map_err(|e| match e {
+                LineErr::Io(e) => read_err(e),
+                LineErr::Other(e) => e,
+            })?
+        }
+        Format::JsonArray | Format::Csv => {
+            let mut buf = Vec::new();
+            (&mut reader)
+                .take(whole_file_cap as u64 + 1)
+                .read_to_end(&mut buf)
+                .map_err(read_err)?;
+            if buf.len() > whole_file_cap {
+                return Err(Error::Data(format!(
+                    "{}: a {} file larger than {} MiB is not supported (raise memory_budget_mb)",
+                    f.path.display(),
+                    if format == Format::Csv {
+                        "CSV"
+                    } else {
+                        "JSON array"
+                    },
+                    whole_file_cap >> 20
+                )));
+            }
+            let text = strip_bom(&buf);
+            let index = LineIndex::new(text);
+            if format == Format::Csv {
+                csv_mode(sink, &mut stats, text, &index, f)?;
+            } else {
+                array_mode(sink, &mut stats, text, &index, f)?;
+            }
+        }
+    }
+    drop(reader);
+    // Read any bytes the decoder left (gzip trailer) so the hash covers the whole file.
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::io("cannot read", &f.path, e))?;
+    stats.sha256 = hex::encode(hashing.into_inner().hasher.finalize());
+    Ok(stats)
+}
+
+/// Up to 64 KiB from the start of the stream, without consuming it.
+fn peek_head<R: BufRead>(r: &mut R) -> io::Result<Vec<u8>> {
+    let buf = r.fill_buf()?;
+    Ok(buf[..buf.len().min(64 << 10)].to_vec())
+}
+
+fn strip_bom(b: &[u8]) -> &[u8] {
+    b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b)
+}
+
+/// Chooses the format from the first bytes and the file name.
+fn detect_format(head: &[u8], name: &str) -> Format {
+    let head = strip_bom(head);
+    let trimmed = head.trim_ascii_start();
+    if trimmed.is_empty() {
+        return Format::Empty;
+    }
+    if let Some(rest) = trimmed.strip_prefix(b"[") {
+        let rest = rest.trim_ascii_start();
+        if rest.is_empty() || rest[0] == b'{' || rest[0] == b']' {
+            return Format::JsonArray;
+        }
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".csv") || lower.ends_with(".csv.gz") {
+        return Format::Csv;
+    }
+    let first_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    if !first_line.contains(&b'{') && first_line.contains(&b',') {
+        let fields: Vec<String> = String::from_utf8_lossy(first_line)
+            .trim_end_matches('\r')
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_ascii_lowercase())
+            .collect();
+        if fields
+            .iter()
+            .any(|f| ["message", "msg", "content", "text"].contains(&f.as_str()))
+        {
+            return Format::Csv;
+        }
+    }
+    Format::Lines
+}
+
+enum LineErr {
+    Io(io::Error),
+    Other(Error),
+}
+
+impl From<Error> for LineErr {
+    fn from(e: Error) -> Self {
+        LineErr::Other(e)
+    }
+}
+
+/// One line of a chunk: its bytes (without `\n` and a trailing `\r`), or a too-long marker.
+struct LineRef {
+    start: usize,
+    end: usize,
+    /// Total length when the line exceeded the limit (only a prefix is kept).
+    too_long: Option<u64>,
+}
+
+/// Reads complete lines in chunks, never holding more than `limit` bytes of one line.
+struct LineChunker {
+    limit: usize,
+    first: bool,
+}
+
+impl LineChunker {
+    /// Fills `data`/`lines` with the next chunk; returns false at end of input.
+    fn next_chunk<R: BufRead>(
+        &mut self,
+        r: &mut R,
+        data: &mut Vec<u8>,
+        lines: &mut Vec<LineRef>,
+    ) -> io::Result<bool> {
+        data.clear();
+        lines.clear();
+        let mut cur_start = 0usize;
+        let mut cur_len = 0u64;
+        let mut too_long = false;
+        loop {
+            if data.len() >= CHUNK_BYTES && cur_len == 0 {
+                return Ok(true);
+            }
+            let buf = r.fill_buf()?;
+            if buf.is_empty() {
+                if cur_len > 0 {
+                    self.push_line(data, lines, cur_start, cur_len, too_long);
+                }
+                return Ok(!lines.is_empty());
+            }
+            let (piece, consumed, ends_line) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (&buf[..i], i + 1, true),
+                None => (buf, buf.len(), false),
+            };
+            let new_len = cur_len + piece.len() as u64;
+            if new_len > self.limit as u64 {
+                too_long = true;
+            }
+            if too_long {
+                // Keep only a prefix of an over-long line, for the rejects file.
+                let kept = data.len() - cur_start;
+                if kept > RAW_PREFIX_OF_LONG_LINE {
+                    data.truncate(cur_start + RAW_PREFIX_OF_LONG_LINE);
+                }
+                let room = RAW_PREFIX_OF_LONG_LINE.saturating_sub(kept);
+                data.extend_from_slice(&piece[..room.min(piece.len())]);
+            } else {
+                data.extend_from_slice(piece);
+            }
+            cur_len = new_len;
+            r.consume(consumed);
+            if ends_line {
+                self.push_line(data, lines, cur_start, cur_len, too_long);
+                cur_start = data.len();
+                cur_len = 0;
+                too_long = false;
+            }
+        }
+    }
+
+    fn push_line(
+        &mut self,
+        data: &mut [u8],
+        lines: &mut Vec<LineRef>,
+        start: usize,
+        len: u64,
+        too_long: bool,
+    ) {
+        let mut s = start;
+        let mut end = data.len();
+        if self.first {
+            self.first = false;
+            if data[s..end].starts_with(b"\xEF\xBB\xBF") {
+                s += 3;
+            }
+        }
+        if !too_long && end > s && data[end - 1] == b'\r' {
+            end -= 1;
+        }
+        lines.push(LineRef {
+            start: s,
+            end,
+            too_long: too_long.then_some(len),
+        });
+    }
+}
+
+/// Where a record starts on a line: a `{` followed by optional spaces and a quote.
+fn find_record_start(line: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'{', &line[from..]) {
+        let at = from + i;
+        let mut j = at + 1;
+        while j < line.len() && (line[j] == b' ' || line[j] == b'\t') {
+            j += 1;
+        }
+        if j < line.len() && (line[j] == b'\'' || line[j] == b'"') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// `N` from `offset=N` in a line's prefix.
+fn prefix_offset(prefix: &[u8]) -> Option<i64> {
+    let pos = memchr::memmem::rfind(prefix, b"offset=")?;
+    let digits: Vec<u8> = prefix[pos + 7..]
+        .iter()
+        .copied()
+        .take_while(|b| b.is_ascii_digit())
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Line-oriented formats.
+fn lines_mode<R: BufRead>(
+    sink: &mut Sink,
+    stats: &mut FileStats,
+    r: &mut R,
+    f: &InputFile,
+) -> std::result::Result<(), LineErr> {
+    let mut chunker = LineChunker {
+        limit: sink.max_line,
+        first: true,
+    };
+    let mut data = Vec::with_capacity(CHUNK_BYTES + (64 << 10));
+    let mut lines = Vec::new();
+    let mut line_no = 0u64;
+    while chunker
+        .next_chunk(r, &mut data, &mut lines)
+        .map_err(LineErr::Io)?
+    {
+        for l in &lines {
+            line_no += 1;
+            stats.lines += 1;
+            let line = &data[l.start..l.end];
+            if let Some(total) = l.too_long {
+                sink.reject(
+                    stats,
+                    line_no,
+                    "line_too_long",
+                    format!(
+                        "line of {total} bytes exceeds max_line_bytes {}; first {} bytes kept",
+                        sink.max_line,
+                        line.len()
+                    ),
+                    line,
+                    Some(total),
+                )?;
+                continue;
+            }
+            process_line(sink, stats, line, line_no, f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Classifies and, when it holds a record, parses one line.
+fn process_line(
+    sink: &mut Sink,
+    stats: &mut FileStats,
+    line: &[u8],
+    line_no: u64,
+    f: &InputFile,
+) -> Result<()> {
+    if line.trim_ascii().is_empty() {
+        stats.blank += 1;
+        return Ok(());
+    }
+    let Some(start) = find_record_start(line) else {
+        stats.noise += 1;
+        return Ok(());
+    };
+    let mut drops = Drops::default();
+    match literal::parse_dict(line, start, &sink.limits, &mut drops) {
+        Ok((entries, end)) => {
+            if !line[end..].trim_ascii().is_empty() {
+                return sink.reject(
+                    stats,
+                    line_no,
+                    "trailing_garbage",
+                    format!("unexpected text after the record at byte {end}"),
+                    line,
+                    None,
+                );
+            }
+            let origin = Origin {
+                file_room: &f.room,
+                source_file: &f.rel,
+                line: line_no,
+                prefix_offset: prefix_offset(&line[..start]),
+            };
+            if sink.record(stats, entries, origin, line)? {
+                stats.record_lines += 1;
+                stats.dropped.add(&drops);
+            }
+            Ok(())
+        }
+        Err(e) => sink.reject(stats, line_no, e.kind.code(), e.to_string(), line, None),
+    }
+}
+
+/// Start offsets of lines in a whole-file buffer.
+struct LineIndex {
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl LineIndex {
+    fn new(text: &[u8]) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(memchr::memchr_iter(b'\n', text).map(|i| i + 1));
+        if starts.last() == Some(&text.len()) {
+            starts.pop();
+        }
+        if text.is_empty() {
+            starts.clear();
+        }
+        LineIndex {
+            starts,
+            len: text.len(),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// 0-based line index of a byte offset.
+    fn line_of(&self, off: usize) -> usize {
+        match self.starts.binary_search(&off) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        }
+    }
+
+    /// The bytes of 0-based line `i`, without `\n`/`\r\n`.
+    fn line<'a>(&self, text: &'a [u8], i: usize) -> &'a [u8] {
+        let s = self.starts[i];
+        let mut e = self.starts.get(i + 1).copied().unwrap_or(self.len);
+        if e > s && text[e - 1] == b'\n' {
+            e -= 1;
+        }
+        if e > s && text[e - 1] == b'\r' {
+            e -= 1;
+        }
+        &text[s..e]
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LineClass {
+    Unset,
+    Record,
+    Rejected,
+}
+
+/// Finishes per-line accounting for the whole-file formats: unset lines are blank or noise.
+fn settle_lines(stats: &mut FileStats, classes: &[LineClass], text: &[u8], index: &LineIndex) {
+    stats.lines = classes.len() as u64;
+    for (i, c) in classes.iter().enumerate() {
+        match c {
+            LineClass::Record => stats.record_lines += 1,
+            LineClass::Rejected => {}
+            LineClass::Unset => {
+                if index.line(text, i).trim_ascii().is_empty() {
+                    stats.blank += 1;
+                } else {
+                    stats.noise += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Rejects every line from `from` (0-based) to the end, each with its own row.
+fn reject_tail(
+    sink: &mut Sink,
+    stats: &mut FileStats,
+    classes: &mut [LineClass],
+    (text, index): (&[u8], &LineIndex),
+    from: usize,
+    reason: &str,
+    detail: &str,
+) -> Result<()> {
+    for (i, class) in classes.iter_mut().enumerate().skip(from) {
+        if *class == LineClass::Record {
+            continue;
+        }
+        *class = LineClass::Rejected;
+        sink.reject(
+            stats,
+            i as u64 + 1,
+            reason,
+            detail.to_string(),
+            index.line(text, i),
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// A pretty-printed JSON array of records (`json.dump(..., indent=4)`), possibly cut off.
+fn array_mode(
+    sink: &mut Sink,
+    stats: &mut FileStats,
+    text: &[u8],
+    index: &LineIndex,
+    f: &InputFile,
+) -> Result<()> {
+    let mut classes = vec![LineClass::Unset; index.count()];
+    let skip_ws = |mut p: usize| {
+        while p < text.len() && text[p].is_ascii_whitespace() {
+            p += 1;
+        }
+        p
+    };
+    let mut pos = skip_ws(0);
+    debug_assert_eq!(text.get(pos), Some(&b'['));
+    pos += 1;
+    loop {
+        pos = skip_ws(pos);
+        if pos >= text.len() {
+            // Cut off after a complete element: nothing left to reject but the missing `]`.
+            break;
+        }
+        if text[pos] == b']' {
+            let after = skip_ws(pos + 1);
+            if after < text.len() {
+                let l = index.line_of(after);
+                reject_tail(
+                    sink,
+                    stats,
+                    &mut classes,
+                    (text, index),
+                    l,
+                    "trailing_garbage",
+                    "text after the end of the JSON array",
+                )?;
+            }
+            break;
+        }
+        let start_line = index.line_of(pos);
+        let mut drops = Drops::default();
+        match literal::parse_value(text, pos, &sink.limits, &mut drops) {
+            Ok((value, end)) => {
+                let end_line = index.line_of(end.saturating_sub(1).max(pos));
+                let raw = index.line(text, start_line);
+                let ok = match value {
+                    Value::Dict(entries) => {
+                        let origin = Origin {
+                            file_room: &f.room,
+                            source_file: &f.rel,
+                            line: start_line as u64 + 1,
+                            prefix_offset: None,
+                        };
+                        sink.record(stats, entries, origin, raw)?
+                    }
+                    _ => {
+                        sink.reject(
+                            stats,
+                            start_line as u64 + 1,
+                            "not_a_record",
+                            "array element is not a dict".into(),
+                            raw,
+                            None,
+                        )?;
+                        false
+                    }
+                };
+                let class = if ok {
+                    LineClass::Record
+                } else {
+                    LineClass::Rejected
+                };
+                if ok {
+                    stats.dropped.add(&drops);
+                } else {
+                    // The first line got its reject row; the element's other lines get theirs.
+                    for i in start_line + 1..=end_line {
+                        sink.reject(
+                            stats,
+                            i as u64 + 1,
+                            "not_a_record",
+                            format!(
+                                "part of the rejected element starting at line {}",
+                                start_line + 1
+                            ),
+                            index.line(text, i),
+                            None,
+                        )?;
+                    }
+                }
+                for c in &mut classes[start_line..=end_line] {
+                    *c = class;
+                }
+                pos = skip_ws(end);
+                if pos < text.len() && text[pos] == b',' {
+                    pos += 1;
+                } else if pos < text.len() && text[pos] != b']' {
+                    let l = index.line_of(pos);
+                    reject_tail(
+                        sink,
+                        stats,
+                        &mut classes,
+                        (text, index),
+                        l,
+                        "unexpected_char",
+                        "expected ',' or ']' after an array element",
+                    )?;
+                    break;
+                }
+            }
+            Err(e) => {
+                let at = index.line_of(e.offset.min(text.len().saturating_sub(1)));
+                let detail = format!(
+                    "broken array element starting at line {}: {} (line {})",
+                    start_line + 1,
+                    e.kind.code(),
+                    at + 1
+                );
+                reject_tail(
+                    sink,
+                    stats,
+                    &mut classes,
+                    (text, index),
+                    start_line,
+                    e.kind.code(),
+                    &detail,
+                )?;
+                break;
+            }
+        }
+    }
+    settle_lines(stats, &classes, text, index);
+    Ok(())
+}
+
+/// CSV with a header row (`pandas.to_csv`), RFC 4180 quoting.
+fn csv_mode(
+    sink: &mut Sink,
+    stats: &mut FileStats,
+    text: &[u8],
+    index: &LineIndex,
+    f: &InputFile,
+) -> Result<()> {
+    let mut classes = vec![LineClass::Unset; index.count()];
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(text);
+    let mut drops = Drops::default();
+    let headers: Vec<String> = match rdr.byte_headers() {
+        Ok(h) => h
+            .iter()
+            .map(|b| clean_bytes(b, &mut drops).trim().to_string())
+            .collect(),
+        Err(e) => {
+            return Err(Error::Data(format!(
+                "{}: unreadable CSV header: {e}",
+                f.path.display()
+            )));
+        }
+    };
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        let start_byte = rdr.position().byte() as usize;
+        match rdr.read_byte_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {
+                let rec_start = rec.position().map_or(start_byte, |p| p.byte() as usize);
+                let end_byte = (rdr.position().byte() as usize).max(rec_start + 1);
+                let first = index.line_of(rec_start.min(text.len().saturating_sub(1)));
+                let last = index.line_of((end_byte - 1).min(text.len().saturating_sub(1)));
+                let raw_end = index.starts.get(last + 1).copied().unwrap_or(text.len());
+                let raw = &text[index.starts[first]..raw_end];
+                let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+                if rec.len() != headers.len() {
+                    for (i, class) in classes.iter_mut().enumerate().take(last + 1).skip(first) {
+                        *class = LineClass::Rejected;
+                        sink.reject(
+                            stats,
+                            i as u64 + 1,
+                            "csv_field_count",
+                            format!(
+                                "{} fields where the header has {}",
+                                rec.len(),
+                                headers.len()
+                            ),
+                            index.line(text, i),
+                            None,
+                        )?;
+                    }
+                    continue;
+                }
+                let mut d = Drops::default();
+                let entries: Vec<(String, Value)> = headers
+                    .iter()
+                    .zip(rec.iter())
+                    .map(|(h, v)| (h.clone(), Value::Str(clean_bytes(v, &mut d))))
+                    .collect();
+                let origin = Origin {
+                    file_room: &f.room,
+                    source_file: &f.rel,
+                    line: first as u64 + 1,
+                    prefix_offset: None,
+                };
+                let ok = sink.record(stats, entries, origin, raw)?;
+                if ok {
+                    stats.dropped.add(&d);
+                } else {
+                    for i in first + 1..=last {
+                        sink.reject(
+                            stats,
+                            i as u64 + 1,
+                            "csv_record",
+                            format!("part of the rejected record starting at line {}", first + 1),
+                            index.line(text, i),
+                            None,
+                        )?;
+                    }
+                }
+                for c in &mut classes[first..=last] {
+                    *c = if ok {
+                        LineClass::Record
+                    } else {
+                        LineClass::Rejected
+                    };
+                }
+            }
+            Err(e) => {
+                let at = e.position().map_or(start_byte, |p| p.byte() as usize);
+                let l = index.line_of(at.min(text.len().saturating_sub(1)));
+                reject_tail(
+                    sink,
+                    stats,
+                    &mut classes,
+                    (text, index),
+                    l,
+                    "csv_error",
+                    &e.to_string(),
+                )?;
+                break;
+            }
+        }
+    }
+    // The header line is structure: count it as noise (it is not blank and holds no record).
+    settle_lines(stats, &classes, text, index);
+    let _ = HashSet::<u8>::new();
+    Ok(())
+}
+
+/// Reads the staged summary of a date, if any.
+pub fn read_summary(layout: &Layout, date: NaiveDate) -> Result<Option<ExtractSummary>> {
+    let path = layout.staging_dir(date).join(STAGED_SUMMARY);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", &path, e)),
+    };
+    serde_json::from_slice(&text).map(Some).map_err(|e| {
+        Error::Data(format!(
+            "{}: unreadable staging summary: {e}",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_start_needs_a_quoted_key() {
+        assert_eq!(find_record_start(b"{'a': 1}"), Some(0));
+        assert_eq!(find_record_start(b"x { \"a\": 1}"), Some(2));
+        assert_eq!(
+            find_record_start(b"[2024-08-28T14:37:00.274+0900] {taskinstance.py:2330} INFO - offset=3, value={'a': 1}"),
+            Some(77)
+        );
+        assert_eq!(
+            find_record_start(b"{taskinstance.py:2330} INFO - nothing"),
+            None
+        );
+        assert_eq!(find_record_start(b"{}"), None);
+    }
+
+    #[test]
+    fn prefix_offsets() {
+        assert_eq!(prefix_offset(b"offset=12, value="), Some(12));
+        assert_eq!(
+            prefix_offset(b"[x] {t.py:1} INFO - offset=3, value="),
+            Some(3)
+        );
+        assert_eq!(prefix_offset(b"value="), None);
+    }
+
+    #[test]
+    fn format_detection() {
+        assert_eq!(detect_format(b"[\n    {\n", "a.json"), Format::JsonArray);
+        assert_eq!(
+            detect_format(b"\xEF\xBB\xBF[]", "a.json"),
+            Format::JsonArray
+        );
+        assert_eq!(
+            detect_format(b"[2024-10-25T14:37:00.274+0900] {x.py:1} INFO", "a.log"),
+            Format::Lines
+        );
+        assert_eq!(
+            detect_format(b"\xEF\xBB\xBFnickname,message,time\n", "a.txt"),
+            Format::Csv
+        );
+        assert_eq!(detect_format(b"{'message': 'a,b'}", "a.log"), Format::Lines);
+        assert_eq!(detect_format(b"  \n ", "a.log"), Format::Empty);
+        assert_eq!(detect_format(b"x", "a.csv"), Format::Csv);
+    }
+
+    #[test]
+    fn chunker_counts_lines_like_wc_plus_unterminated_tail() {
+        let input = b"\xEF\xBB\xBFa\r\n\nb\nccc".to_vec();
+        let mut r = BufReader::with_capacity(2, &input[..]);
+        let mut c = LineChunker {
+            limit: 1 << 20,
+            first: true,
+        };
+        let (mut data, mut lines) = (Vec::new(), Vec::new());
+        assert!(c.next_chunk(&mut r, &mut data, &mut lines).unwrap());
+        let got: Vec<&[u8]> = lines.iter().map(|l| &data[l.start..l.end]).collect();
+        assert_eq!(got, vec![&b"a"[..], b"", b"b", b"ccc"]);
+        assert!(!c.next_chunk(&mut r, &mut data, &mut lines).unwrap());
+    }
+
+    #[test]
+    fn chunker_truncates_long_lines_without_holding_them() {
+        let mut input = vec![b'x'; 5000];
+        input.push(b'\n');
+        input.extend_from_slice(b"ok\n");
+        let mut r = BufReader::with_capacity(64, &input[..]);
+        let mut c = LineChunker {
+            limit: 100,
+            first: true,
+        };
+        let (mut data, mut lines) = (Vec::new(), Vec::new());
+        c.next_chunk(&mut r, &mut data, &mut lines).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].too_long, Some(5000));
+        assert_eq!(lines[0].end - lines[0].start, RAW_PREFIX_OF_LONG_LINE);
+        assert_eq!(&data[lines[1].start..lines[1].end], b"ok");
+        assert!(data.len() < 1100);
+    }
+
+    #[test]
+    fn line_index() {
+        let t = b"a\r\nbb\n\nc";
+        let ix = LineIndex::new(t);
+        assert_eq!(ix.count(), 4);
+        assert_eq!(ix.line(t, 0), b"a");
+        assert_eq!(ix.line(t, 2), b"");
+        assert_eq!(ix.line(t, 3), b"c");
+        assert_eq!(ix.line_of(4), 1);
+        assert_eq!(LineIndex::new(b"a\n").count(), 1);
+        assert_eq!(LineIndex::new(b"").count(), 0);
+    }
+}

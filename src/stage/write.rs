@@ -1,0 +1,625 @@
+//! `write`: a date's staged records to Hive-partitioned Parquet, committed atomically.
+//!
+//! Rows are ordered by (sender, ts, source_file, source_line) with an external merge sort: the
+//! staged records are cut into runs that fit the memory budget, each run is sorted, runs that do
+//! not all fit are spilled to Arrow IPC files, and a k-way merge streams the rows out sender by
+//! sender into `sender_id=<escaped>/part-00000.parquet`. Memory stays bounded by the budget
+//! whatever the number of senders or rows.
+//!
+//! The whole date is built in a temporary directory under the output root; every file is
+//! fsynced, `_SUCCESS` is written last, and one atomic exchange puts the directory at
+//! `messages/date=D`. A crash at any point leaves the previous complete date in place.
+//! Output is deterministic: same staged input, same tool version, byte-identical files.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, RecordBatch, UInt32Array};
+use arrow_ipc::reader::FileReader;
+use arrow_ipc::writer::FileWriter;
+use chrono::NaiveDate;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::exit::ExitCode;
+use crate::layout::{HIVE_NULL, Layout, escape_partition_value, fsync_path, swap_into_place};
+use crate::lock::DateLock;
+use crate::record::schema::{parquet_schema, staged_schema};
+use crate::stage::Outcome;
+use crate::stage::extract::{self, ExtractSummary, STAGED_RECORDS};
+
+/// Name of the manifest written last into `messages/date=D/`.
+pub const SUCCESS_FILE: &str = "_SUCCESS";
+/// Rows per Parquet row group.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Rows per batch produced by the merge.
+const MERGE_BATCH_ROWS: usize = 8 * 1024;
+
+/// One Parquet file in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputFile {
+    /// Path relative to `messages/date=D/`.
+    pub path: String,
+    /// The sender ID (null for the null partition).
+    pub sender_id: Option<String>,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file.
+    pub sha256: String,
+}
+
+/// One input file in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManifestInput {
+    /// Path relative to the input root.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256.
+    pub sha256: String,
+}
+
+/// The `_SUCCESS` manifest: what a complete date holds. No wall-clock time, so it is as
+/// reproducible as the Parquet files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub manifest_version: u32,
+    /// chatetl version that wrote it.
+    pub tool_version: String,
+    /// The logical date.
+    pub date: NaiveDate,
+    /// Zone used for naive times.
+    pub tz: String,
+    /// Inputs.
+    pub inputs: Vec<ManifestInput>,
+    /// Line and record counts from extract.
+    pub counts: extract::Totals,
+    /// Output files, sorted by path.
+    pub files: Vec<OutputFile>,
+    /// Rows written (equals `counts.staged`).
+    pub rows: u64,
+}
+
+/// Reads the manifest of a complete date, if any.
+pub fn read_manifest(layout: &Layout, date: NaiveDate) -> Result<Option<Manifest>> {
+    let path = layout.messages_dir(date).join(SUCCESS_FILE);
+    match fs::read(&path) {
+        Ok(t) => serde_json::from_slice(&t)
+            .map(Some)
+            .map_err(|e| Error::Data(format!("{}: unreadable manifest: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot read", &path, e)),
+    }
+}
+
+/// Runs `write` under the date's lock.
+pub fn run(settings: &Settings, date: NaiveDate) -> Result<Outcome> {
+    crate::stage::clean_output::check_output_root(settings)?;
+    let layout = Layout::new(&settings.output_root);
+    let _lock = DateLock::acquire(&layout, date, "chatetl write")?;
+    let started = Instant::now();
+    let manifest = write(settings, &layout, date)?;
+    Ok(outcome(&layout, &manifest, started.elapsed().as_secs_f64()))
+}
+
+/// Human and JSON summaries of a write.
+pub fn outcome(layout: &Layout, m: &Manifest, seconds: f64) -> Outcome {
+    let bytes: u64 = m.files.iter().map(|f| f.bytes).sum();
+    let dir = layout.messages_dir(m.date);
+    let human = format!(
+        "{}: wrote {} rows in {} files ({} bytes) to {} in {seconds:.2}s\n",
+        m.date,
+        m.rows,
+        m.files.len(),
+        bytes,
+        dir.display()
+    );
+    let json = json!({
+        "stage": "write",
+        "date": m.date.to_string(),
+        "status": "ok",
+        "exit_code": ExitCode::Ok.code(),
+        "dir": dir,
+        "rows": m.rows,
+        "files": m.files.len(),
+        "bytes": bytes,
+        "duration_s": seconds,
+    });
+    Outcome {
+        exit: ExitCode::Ok,
+        human,
+        json,
+    }
+}
+
+/// Writes `date` from its staging area; the caller holds the date's lock.
+pub fn write(settings: &Settings, layout: &Layout, date: NaiveDate) -> Result<Manifest> {
+    let summary = extract::read_summary(layout, date)?.ok_or_else(|| {
+        Error::NoInput(format!(
+            "nothing staged for {date} under {}; run `chatetl extract --date {date}` first",
+            layout.staging_dir(date).display()
+        ))
+    })?;
+    for leftover in layout.tmp_leftovers(date)? {
+        if leftover
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("messages-"))
+        {
+            crate::layout::remove_path(&leftover)
+                .map_err(|e| Error::io("cannot remove", &leftover, e))?;
+        }
+    }
+    let tmp = layout.new_tmp_dir("messages", date)?;
+    let result = build(settings, layout, date, &summary, &tmp);
+    match result {
+        Ok(manifest) => {
+            swap_into_place(&tmp, &layout.messages_dir(date))?;
+            tracing::info!("Committed {} rows of {date}.", manifest.rows);
+            Ok(manifest)
+        }
+        Err(e) => {
+            let _ = crate::layout::remove_path(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Builds the complete date directory in `tmp` (manifest last).
+fn build(
+    settings: &Settings,
+    layout: &Layout,
+    date: NaiveDate,
+    summary: &ExtractSummary,
+    tmp: &Path,
+) -> Result<Manifest> {
+    let staged = layout.staging_dir(date).join(STAGED_RECORDS);
+    let budget = (settings.memory_budget_mb as usize) << 20;
+    let spill_dir = tmp.join(".spill");
+    let runs = make_runs(&staged, budget / 4, &spill_dir)?;
+    let mut files = merge_and_write(runs, tmp)?;
+    if spill_dir.exists() {
+        fs::remove_dir_all(&spill_dir).map_err(|e| Error::io("cannot remove", &spill_dir, e))?;
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    if rows != summary.totals.staged {
+        return Err(Error::Internal(format!(
+            "wrote {rows} rows but {} were staged",
+            summary.totals.staged
+        )));
+    }
+    let manifest = Manifest {
+        manifest_version: 1,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        date,
+        tz: summary.tz.clone(),
+        inputs: summary
+            .files
+            .iter()
+            .map(|f| ManifestInput {
+                path: f.file.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+            })
+            .collect(),
+        counts: summary.totals.clone(),
+        files,
+        rows,
+    };
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
+    extract::write_synced(&tmp.join(SUCCESS_FILE), &text)?;
+    fsync_path(tmp).map_err(|e| Error::io("cannot sync", tmp, e))?;
+    Ok(manifest)
+}
+
+/// A sorted run: in memory or spilled to an IPC file.
+enum Run {
+    Memory(Vec<RecordBatch>),
+    Spilled(PathBuf),
+}
+
+/// Reads the staged records and cuts them into sorted runs of at most `run_bytes` each.
+fn make_runs(staged: &Path, run_bytes: usize, spill_dir: &Path) -> Result<Vec<Run>> {
+    let file = File::open(staged).map_err(|e| Error::io("cannot read", staged, e))?;
+    let reader = FileReader::try_new(BufReader::new(file), None).map_err(|e| {
+        Error::Data(format!(
+            "{}: unreadable staged records: {e}",
+            staged.display()
+        ))
+    })?;
+    let mut runs: Vec<Vec<RecordBatch>> = Vec::new();
+    let mut cur: Vec<RecordBatch> = Vec::new();
+    let mut cur_bytes = 0usize;
+    let mut spilled: Vec<Run> = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| {
+            Error::Data(format!(
+                "{}: unreadable staged records: {e}",
+                staged.display()
+            ))
+        })?;
+        cur_bytes += batch.get_array_memory_size();
+        cur.push(batch);
+        if cur_bytes >= run_bytes {
+            let sorted = sort_run(std::mem::take(&mut cur))?;
+            cur_bytes = 0;
+            // Once more than one run exists, every run goes to disk.
+            runs.push(sorted);
+            for r in runs.drain(..) {
+                spilled.push(spill(r, spill_dir, spilled.len())?);
+            }
+        }
+    }
+    if !cur.is_empty() {
+        let sorted = sort_run(cur)?;
+        if spilled.is_empty() {
+            return Ok(vec![Run::Memory(sorted)]);
+        }
+        spilled.push(spill(sorted, spill_dir, spilled.len())?);
+    }
+    Ok(spilled)
+}
+
+fn spill(batches: Vec<RecordBatch>, dir: &Path, n: usize) -> Result<Run> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    let path = dir.join(format!("run-{n:05}.arrow"));
+    let f = File::create(&path).map_err(|e| Error::io("cannot create", &path, e))?;
+    let mut w = FileWriter::try_new(BufWriter::new(f), &staged_schema())
+        .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
+    for b in &batches {
+        w.write(b)
+            .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
+    }
+    w.finish()
+        .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
+    Ok(Run::Spilled(path))
+}
+
+/// Column indexes in the staged schema.
+const C_TS: usize = 0;
+const C_SENDER: usize = 1;
+const C_FILE: usize = 7;
+const C_LINE: usize = 8;
+
+/// Compares two rows by (sender, ts, source_file, source_line); nulls first.
+fn cmp_rows(a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
+    let sa = a.column(C_SENDER).as_string::<i32>();
+    let sb = b.column(C_SENDER).as_string::<i32>();
+    let a_s = (!sa.is_null(i)).then(|| sa.value(i));
+    let b_s = (!sb.is_null(j)).then(|| sb.value(j));
+    a_s.cmp(&b_s)
+        .then_with(|| {
+            let ta = a.column(C_TS).as_primitive::<TimestampMicrosecondType>();
+            let tb = b.column(C_TS).as_primitive::<TimestampMicrosecondType>();
+            let a_t = (!ta.is_null(i)).then(|| ta.value(i));
+            let b_t = (!tb.is_null(j)).then(|| tb.value(j));
+            a_t.cmp(&b_t)
+        })
+        .then_with(|| {
+            let fa = a.column(C_FILE).as_string::<i32>();
+            let fb = b.column(C_FILE).as_string::<i32>();
+            fa.value(i).cmp(fb.value(j))
+        })
+        .then_with(|| {
+            let la = a.column(C_LINE).as_primitive::<Int64Type>();
+            let lb = b.column(C_LINE).as_primitive::<Int64Type>();
+            la.value(i).cmp(&lb.value(j))
+        })
+}
+
+/// Sorts the rows of a run and returns them as batches of at most MERGE_BATCH_ROWS rows.
+fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let schema = staged_schema();
+    let all = arrow_select::concat::concat_batches(&schema, &batches)
+        .map_err(|e| Error::Internal(format!("concat: {e}")))?;
+    drop(batches);
+    let mut idx: Vec<u32> = (0..all.num_rows() as u32).collect();
+    idx.sort_by(|&x, &y| cmp_rows(&all, x as usize, &all, y as usize));
+    let mut out = Vec::new();
+    for chunk in idx.chunks(MERGE_BATCH_ROWS.max(1) * 8) {
+        let indices = UInt32Array::from(chunk.to_vec());
+        let cols = all
+            .columns()
+            .iter()
+            .map(|c| arrow_select::take::take(c.as_ref(), &indices, None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Internal(format!("take: {e}")))?;
+        out.push(
+            RecordBatch::try_new(schema.clone(), cols)
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
+/// A cursor over one sorted run.
+struct Cursor {
+    batches: Box<dyn Iterator<Item = Result<RecordBatch>>>,
+    batch: RecordBatch,
+    row: usize,
+}
+
+impl Cursor {
+    fn open(run: Run) -> Result<Option<Cursor>> {
+        let mut batches: Box<dyn Iterator<Item = Result<RecordBatch>>> = match run {
+            Run::Memory(v) => Box::new(v.into_iter().map(Ok)),
+            Run::Spilled(path) => {
+                let f = File::open(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+                let r = FileReader::try_new(BufReader::new(f), None).map_err(|e| {
+                    Error::io("cannot read", &path, std::io::Error::other(e.to_string()))
+                })?;
+                Box::new(r.map(move |b| {
+                    b.map_err(|e| {
+                        Error::io("cannot read", &path, std::io::Error::other(e.to_string()))
+                    })
+                }))
+            }
+        };
+        loop {
+            match batches.next() {
+                None => return Ok(None),
+                Some(b) => {
+                    let b = b?;
+                    if b.num_rows() > 0 {
+                        return Ok(Some(Cursor {
+                            batches,
+                            batch: b,
+                            row: 0,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves to the next row; false when the run is exhausted.
+    fn advance(&mut self) -> Result<bool> {
+        self.row += 1;
+        while self.row >= self.batch.num_rows() {
+            match self.batches.next() {
+                None => return Ok(false),
+                Some(b) => {
+                    self.batch = b?;
+                    self.row = 0;
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Heap entry: the smallest row on top.
+struct HeapItem {
+    cursor: usize,
+    batch: RecordBatch,
+    row: usize,
+}
+
+impl PartialEq for HeapItem {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for HeapItem {}
+impl PartialOrd for HeapItem {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for HeapItem {
+    fn cmp(&self, o: &Self) -> Ordering {
+        cmp_rows(&o.batch, o.row, &self.batch, self.row).then(o.cursor.cmp(&self.cursor))
+    }
+}
+
+/// Merges the runs and writes one Parquet file per sender.
+fn merge_and_write(runs: Vec<Run>, dir: &Path) -> Result<Vec<OutputFile>> {
+    let mut cursors = Vec::new();
+    for r in runs {
+        if let Some(c) = Cursor::open(r)? {
+            cursors.push(c);
+        }
+    }
+    let mut heap = BinaryHeap::new();
+    for (i, c) in cursors.iter().enumerate() {
+        heap.push(HeapItem {
+            cursor: i,
+            batch: c.batch.clone(),
+            row: c.row,
+        });
+    }
+    let mut files = Vec::new();
+    let mut writer: Option<SenderWriter> = None;
+    // Pending output rows as (source batch slot, row); slots index into `sources`.
+    let mut sources: Vec<RecordBatch> = Vec::new();
+    let mut picks: Vec<(usize, usize)> = Vec::new();
+    while let Some(top) = heap.pop() {
+        let senders = top.batch.column(C_SENDER).as_string::<i32>();
+        let sender = (!senders.is_null(top.row)).then(|| senders.value(top.row));
+        if writer
+            .as_ref()
+            .is_none_or(|w| w.sender.as_deref() != sender)
+        {
+            if let Some(mut w) = writer.take() {
+                w.write_picks(&sources, &picks)?;
+                files.push(w.close()?);
+            }
+            sources.clear();
+            picks.clear();
+            writer = Some(SenderWriter::create(dir, sender.map(str::to_string))?);
+        }
+        let slot = match sources
+            .iter()
+            .position(|b| Arc::ptr_eq(&b.columns()[0], &top.batch.columns()[0]))
+        {
+            Some(s) => s,
+            None => {
+                sources.push(top.batch.clone());
+                sources.len() - 1
+            }
+        };
+        picks.push((slot, top.row));
+        if picks.len() >= MERGE_BATCH_ROWS {
+            writer
+                .as_mut()
+                .expect("writer open")
+                .write_picks(&sources, &picks)?;
+            sources.clear();
+            picks.clear();
+        }
+        let c = &mut cursors[top.cursor];
+        if c.advance()? {
+            heap.push(HeapItem {
+                cursor: top.cursor,
+                batch: c.batch.clone(),
+                row: c.row,
+            });
+        }
+    }
+    if let Some(mut w) = writer.take() {
+        w.write_picks(&sources, &picks)?;
+        files.push(w.close()?);
+    }
+    Ok(files)
+}
+
+/// Writes one sender's Parquet file.
+struct SenderWriter {
+    sender: Option<String>,
+    rel: String,
+    path: PathBuf,
+    writer: ArrowWriter<BufWriter<File>>,
+    rows: u64,
+}
+
+/// Writer settings: zstd, statistics, fixed `created_by` so files are reproducible.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid zstd level"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("chatetl {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl SenderWriter {
+    fn create(dir: &Path, sender: Option<String>) -> Result<SenderWriter> {
+        let part = match &sender {
+            Some(s) if !s.is_empty() => escape_partition_value(s),
+            _ => HIVE_NULL.to_string(),
+        };
+        let rel = format!("sender_id={part}/part-00000.parquet");
+        let path = dir.join(&rel);
+        let parent = path.parent().expect("file has a parent");
+        fs::create_dir(parent).map_err(|e| Error::io("cannot create", parent, e))?;
+        let f = File::create(&path).map_err(|e| Error::io("cannot create", &path, e))?;
+        let writer = ArrowWriter::try_new(
+            BufWriter::new(f),
+            parquet_schema(),
+            Some(writer_properties()),
+        )
+        .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
+        Ok(SenderWriter {
+            sender,
+            rel,
+            path,
+            writer,
+            rows: 0,
+        })
+    }
+
+    fn write_picks(&mut self, sources: &[RecordBatch], picks: &[(usize, usize)]) -> Result<()> {
+        if picks.is_empty() {
+            return Ok(());
+        }
+        let schema = parquet_schema();
+        let staged = staged_schema();
+        let mut cols = Vec::with_capacity(schema.fields().len());
+        for (ci, f) in staged.fields().iter().enumerate() {
+            if f.name() == "sender_id" {
+                continue;
+            }
+            let arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(ci).as_ref()).collect();
+            cols.push(
+                arrow_select::interleave::interleave(&arrays, picks)
+                    .map_err(|e| Error::Internal(format!("interleave: {e}")))?,
+            );
+        }
+        let batch =
+            RecordBatch::try_new(schema, cols).map_err(|e| Error::Internal(e.to_string()))?;
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(&batch)
+            .map_err(|e| parquet_err(&self.path, e))
+    }
+
+    fn close(self) -> Result<OutputFile> {
+        let path = self.path;
+        let buf = self
+            .writer
+            .into_inner()
+            .map_err(|e| parquet_err(&path, e))?;
+        let file = buf
+            .into_inner()
+            .map_err(|e| Error::io("cannot write", &path, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io("cannot sync", &path, e))?;
+        drop(file);
+        let parent = path.parent().expect("file has a parent");
+        fsync_path(parent).map_err(|e| Error::io("cannot sync", parent, e))?;
+        let bytes = fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+        Ok(OutputFile {
+            path: self.rel,
+            sender_id: self.sender,
+            rows: self.rows,
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        })
+    }
+}
+
+fn parquet_err(path: &Path, e: parquet::errors::ParquetError) -> Error {
+    match e {
+        parquet::errors::ParquetError::External(inner) => {
+            match inner.downcast::<std::io::Error>() {
+                Ok(io) => Error::io("cannot write", path, *io),
+                Err(other) => Error::io(
+                    "cannot write",
+                    path,
+                    std::io::Error::other(other.to_string()),
+                ),
+            }
+        }
+        other => Error::io(
+            "cannot write",
+            path,
+            std::io::Error::other(other.to_string()),
+        ),
+    }
+}
+
+/// Rows per sender as written, from a manifest.
+pub fn rows_per_sender(m: &Manifest) -> BTreeMap<Option<String>, u64> {
+    m.files
+        .iter()
+        .map(|f| (f.sender_id.clone(), f.rows))
+        .collect()
+}

@@ -1,0 +1,764 @@
+//! Integration tests: run the real `chatetl` binary in temporary directories with a clean
+//! environment, one test per exit code and per behaviour a scheduler relies on.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The repository root (where sample_logs lives).
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A command for the binary with `CHATETL_*` and `TZ` removed and cwd set to `dir`.
+fn chatetl(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chatetl"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CHATETL_") || k == "TZ" || k.starts_with("AIRFLOW_CTX") {
+            c.env_remove(k);
+        }
+    }
+    c.env("TZ", "UTC").current_dir(dir);
+    c
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    chatetl(dir).args(args).output().expect("binary runs")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A temp dir holding a copy of sample_logs as `in/` and an output root `out/`.
+fn workspace() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    copy_tree(&repo().join("sample_logs"), &input);
+    let out = dir.path().join("out");
+    (dir, input, out)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            copy_tree(&p, &to.join(e.file_name()));
+        } else {
+            fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn args<'a>(input: &'a Path, out: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--input-root",
+        input.to_str().unwrap(),
+        "--output-root",
+        out.to_str().unwrap(),
+        "--tz",
+        "Asia/Seoul",
+    ];
+    v.extend_from_slice(rest);
+    v
+}
+
+fn json_of(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+// ---------------------------------------------------------------- foundation
+
+#[test]
+fn help_lists_working_subcommands() {
+    let o = run(&repo(), &["--help"]);
+    assert_eq!(code(&o), 0);
+    for sub in ["check-log", "clean-output", "extract", "write", "config"] {
+        assert!(stdout(&o).contains(sub), "{sub} missing from help");
+    }
+}
+
+#[test]
+fn check_log_exit_codes() {
+    let (dir, input, out) = workspace();
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["check-log", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("lobby/chat_2024-10-24.log"));
+    assert!(stdout(&o).contains("consumer_20241024.log"));
+
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["check-log", "--date", "2024-10-26"]),
+    );
+    assert_eq!(code(&o), 99);
+    let o = run(
+        dir.path(),
+        &args(
+            &input,
+            &out,
+            &["check-log", "--date", "2024-10-26", "--require"],
+        ),
+    );
+    assert_eq!(code(&o), 66);
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+
+    let o = run(
+        dir.path(),
+        &args(
+            &input,
+            &out,
+            &["--json", "check-log", "--date", "2024-10-25"],
+        ),
+    );
+    assert_eq!(code(&o), 0);
+    let v = json_of(&o);
+    assert_eq!(v["files"].as_array().unwrap().len(), 5, "{v}");
+}
+
+#[test]
+fn empty_files_only_means_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    fs::create_dir_all(input.join("room")).unwrap();
+    fs::write(input.join("room/chat_2024-10-24.log"), "").unwrap();
+    let out = dir.path().join("out");
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["check-log", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 99);
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    for a in [
+        vec!["check-log", "--date", "2024-13-45"],
+        vec!["check-log"],
+        vec!["check-log", "--date", "2024-10-24", "--bogus"],
+        vec!["frobnicate"],
+        vec![],
+    ] {
+        let o = run(dir.path(), &a);
+        assert_eq!(code(&o), 64, "{a:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn config_errors_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("chatetl.toml"),
+        "tz = \"UTC\"\noutput_rot = \"x\"\n",
+    )
+    .unwrap();
+    let o = run(dir.path(), &["check-log", "--date", "2024-10-24"]);
+    assert_eq!(code(&o), 78);
+    assert!(stderr(&o).contains("output_rot"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+
+    let o = run(dir.path(), &["--config", "missing.toml", "config"]);
+    assert_eq!(code(&o), 78);
+
+    let o = chatetl(dir.path())
+        .args(["--config", "/dev/null", "config"])
+        .env("CHATETL_TZ", "Not/AZone")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 78);
+}
+
+#[test]
+fn config_shows_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("chatetl.toml"),
+        "tz = \"Asia/Seoul\"\noutput_root = \"file_out\"\n",
+    )
+    .unwrap();
+    let o = chatetl(dir.path())
+        .args(["--input-root", "flag_in", "config"])
+        .env("CHATETL_OUTPUT_ROOT", "env_out")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("input_root = \"flag_in\"    # flag"), "{s}");
+    assert!(s.contains("output_root = \"env_out\"    # env"), "{s}");
+    assert!(s.contains("tz = \"Asia/Seoul\"    # file"), "{s}");
+}
+
+#[test]
+fn unreadable_input_root_exits_74() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &["--input-root", "nope", "check-log", "--date", "2024-10-24"],
+    );
+    assert_eq!(code(&o), 74);
+}
+
+#[test]
+fn panic_is_one_line_and_exit_70() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = chatetl(dir.path())
+        .args(["config"])
+        .env("CHATETL_DEBUG_PANIC", "1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 70);
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("internal error"));
+}
+
+#[test]
+fn clean_output_removes_only_the_date_and_not_symlink_targets() {
+    let (dir, input, out) = workspace();
+    let outside = dir.path().join("precious");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("keep.txt"), "keep").unwrap();
+    for d in ["2024-10-24", "2024-10-25"] {
+        let p = out.join(format!("messages/date={d}/sender_id=a"));
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("part-00000.parquet"), "x").unwrap();
+        fs::create_dir_all(out.join(format!("rejects/date={d}"))).unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, out.join("messages/date=2024-10-24/link")).unwrap();
+    let o = run(
+        dir.path(),
+        &args(
+            &input,
+            &out,
+            &["clean-output", "--date", "2024-10-24", "--dry-run"],
+        ),
+    );
+    assert_eq!(code(&o), 0);
+    assert!(out.join("messages/date=2024-10-24").exists());
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["clean-output", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("removed"));
+    assert!(!out.join("messages/date=2024-10-24").exists());
+    assert!(!out.join("rejects/date=2024-10-24").exists());
+    assert!(
+        out.join("messages/date=2024-10-25/sender_id=a/part-00000.parquet")
+            .exists()
+    );
+    assert!(out.join("rejects/date=2024-10-25").exists());
+    assert_eq!(
+        fs::read_to_string(outside.join("keep.txt")).unwrap(),
+        "keep"
+    );
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["clean-output", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("nothing to remove"));
+}
+
+#[test]
+fn clean_output_refuses_dangerous_roots() {
+    let (dir, input, _out) = workspace();
+    for root in ["/", input.to_str().unwrap()] {
+        let o = run(
+            dir.path(),
+            &[
+                "--input-root",
+                input.to_str().unwrap(),
+                "--output-root",
+                root,
+                "clean-output",
+                "--date",
+                "2024-10-24",
+            ],
+        );
+        assert_eq!(code(&o), 78, "{root}: {}", stderr(&o));
+    }
+    let home = dir.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let o = chatetl(dir.path())
+        .env("HOME", &home)
+        .args([
+            "--output-root",
+            home.to_str().unwrap(),
+            "clean-output",
+            "--date",
+            "2024-10-24",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 78);
+}
+
+#[test]
+fn second_process_on_the_same_date_exits_75() {
+    let (dir, input, out) = workspace();
+    let layout = chatetl::layout::Layout::new(&out);
+    let date = chrono::NaiveDate::from_ymd_opt(2024, 10, 24).unwrap();
+    let held = chatetl::lock::DateLock::acquire(&layout, date, "test holder").unwrap();
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["clean-output", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 75, "{}", stderr(&o));
+    assert!(stderr(&o).contains("test holder"), "{}", stderr(&o));
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 75);
+    // Another date is not blocked.
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["clean-output", "--date", "2024-10-25"]),
+    );
+    assert_eq!(code(&o), 0);
+    drop(held);
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["clean-output", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0);
+}
+
+// ---------------------------------------------------------------- extract
+
+fn rejects(out: &Path, date: &str) -> Vec<Value> {
+    fs::read_to_string(out.join(format!("rejects/date={date}/rejects.jsonl")))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn assert_accounting(summary: &Value) {
+    for f in summary["files"].as_array().unwrap() {
+        let n = |k: &str| f[k].as_u64().unwrap();
+        assert_eq!(
+            n("lines"),
+            n("record_lines") + n("rejected") + n("noise") + n("blank"),
+            "accounting of {f}"
+        );
+    }
+}
+
+#[test]
+fn extract_sample_logs() {
+    let (dir, input, out) = workspace();
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["--json", "extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    let s = &v["summary"];
+    assert_accounting(s);
+    let t = &s["totals"];
+    assert_eq!(t["rejected"], 1, "{t}");
+    let rj = rejects(&out, "2024-10-24");
+    assert_eq!(rj.len(), 1);
+    assert_eq!(rj[0]["file"], "lobby/chat_2024-10-24.log");
+    assert_eq!(rj[0]["line"], 26);
+    assert!(rj[0]["raw"].as_str().unwrap().contains("오늘 회의는 3시에"));
+    assert!(
+        t["dropped"]["lone_surrogates"].as_u64().unwrap() >= 3,
+        "{t}"
+    );
+    assert!(t["dropped"]["control_chars"].as_u64().unwrap() >= 2, "{t}");
+    assert!(t["system"].as_u64().unwrap() >= 5, "{t}");
+    let files = s["files"].as_array().unwrap();
+    let consumer = files
+        .iter()
+        .find(|f| f["file"] == "product/consumer_20241024.log")
+        .unwrap();
+    assert_eq!(consumer["noise"], 6);
+    assert_eq!(consumer["records"], 30);
+    assert!(out.join("_staging/date=2024-10-24/records.arrow").exists());
+
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["--json", "extract", "--date", "2024-10-25"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_accounting(&v["summary"]);
+    let t = &v["summary"]["totals"];
+    assert_eq!(t["duplicates"], 1, "{t}");
+    assert_eq!(t["rejected"], 0, "{t}");
+    let files = v["summary"]["files"].as_array().unwrap();
+    let csv = files
+        .iter()
+        .find(|f| f["file"] == "support/support_20241025.csv")
+        .unwrap();
+    assert_eq!(csv["records"], 15, "{csv}");
+    assert_eq!(csv["format"], "csv");
+    let arr = files
+        .iter()
+        .find(|f| f["file"] == "team6/2024-10-25_messages.json")
+        .unwrap();
+    assert_eq!(arr["records"], 20, "{arr}");
+    assert_eq!(arr["format"], "json_array");
+    let ops = files
+        .iter()
+        .find(|f| f["file"] == "ops/airflow_2024-10-25.log")
+        .unwrap();
+    assert_eq!(ops["records"], 4, "{ops}");
+    assert_eq!(ops["noise"], 12, "{ops}");
+}
+
+/// Writes a fixture file under `in/<room>/` for 2024-10-24.
+fn fixture(bytes: &[u8], name: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    fs::create_dir_all(input.join("room")).unwrap();
+    fs::write(input.join("room").join(name), bytes).unwrap();
+    let out = dir.path().join("out");
+    (dir, input, out)
+}
+
+#[test]
+fn broken_records_on_known_lines_are_exactly_the_rejects() {
+    let text = concat!(
+        "{'user': 'a', 'message': 'ok 1', 'time': '2024-10-24 10:00:00'}\n", // 1
+        "{'user': 'a', 'message': 'cut off\n",                               // 2 reject
+        "just some noise\n",                                                 // 3 noise
+        "\n",                                                                // 4 blank
+        "{'user': 'b', 'message': 5}\n", // 5 reject: not a string
+        "{\"user\": \"b\", \"message\": \"json {braces} 'quotes'\"}\n", // 6
+        "{'user': 'c', 'message': 'x'} trailing\n", // 7 reject
+        "{'user': 'c'}\n",               // 8 reject: no message
+        "offset=9, value={'user': 'd', 'message': 'prefixed'}\n", // 9
+        "{'user': 'e', 'message': __import__('os').system('id')}\n", // 10 reject
+        "{'user': 'f', 'message': 'bad \u{ff} byte'}\n", // 11: a raw invalid byte, see below
+    );
+    let mut bytes = text.as_bytes().to_vec();
+    // Make line 11 hold a raw invalid byte inside the string.
+    let pos = bytes
+        .windows(2)
+        .position(|w| w == "\u{ff}".as_bytes())
+        .unwrap();
+    bytes.splice(pos..pos + 2, [0xffu8]);
+    let (dir, input, out) = fixture(&bytes, "chat_2024-10-24.log");
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["--json", "extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_accounting(&v["summary"]);
+    let lines: Vec<u64> = rejects(&out, "2024-10-24")
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, vec![2, 5, 7, 8, 10]);
+    let rj = rejects(&out, "2024-10-24");
+    assert_eq!(rj[1]["reason"], "message_not_string");
+    assert_eq!(rj[2]["reason"], "trailing_garbage");
+    assert_eq!(rj[3]["reason"], "missing_message");
+    let t = &v["summary"]["totals"];
+    assert_eq!(t["records"], 4);
+    assert_eq!(t["noise"], 1);
+    assert_eq!(t["blank"], 1);
+    assert_eq!(t["dropped"]["invalid_bytes"], 1);
+}
+
+#[test]
+fn record_shaped_garbage_exits_65_and_stages_nothing() {
+    let mut text = String::new();
+    for i in 0..20 {
+        text.push_str(&format!("{{'user': 'x{i}', 'message': 'never closed\n"));
+    }
+    let (dir, input, out) = fixture(text.as_bytes(), "chat_2024-10-24.log");
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert_eq!(rejects(&out, "2024-10-24").len(), 20);
+    assert!(!out.join("_staging/date=2024-10-24").exists());
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["write", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 66);
+}
+
+#[test]
+fn truncated_json_array_keeps_leading_records() {
+    let text = "[\n    {\n        \"sender\": \"a\",\n        \"message\": \"one\"\n    },\n    {\n        \"sender\": \"b\",\n        \"message\": \"two\"\n    },\n    {\n        \"sender\": \"c\",\n        \"mess";
+    let (dir, input, out) = fixture(text.as_bytes(), "2024-10-24_messages.json");
+    let o = run(
+        dir.path(),
+        &args(
+            &input,
+            &out,
+            &[
+                "--json",
+                "extract",
+                "--date",
+                "2024-10-24",
+                "--max-reject-ratio",
+                "1",
+            ],
+        ),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_accounting(&v["summary"]);
+    let f = &v["summary"]["files"][0];
+    assert_eq!(f["records"], 2);
+    assert_eq!(f["rejected"], 3);
+    let rj = rejects(&out, "2024-10-24");
+    assert_eq!(rj[0]["line"], 10);
+    assert!(
+        rj[0]["detail"].as_str().unwrap().contains("line 10"),
+        "{}",
+        rj[0]
+    );
+}
+
+#[test]
+fn gzip_bom_crlf_and_no_final_newline() {
+    use std::io::Write;
+    let text = "\u{feff}{\"sender\": \"a\", \"message\": \"\\uc548\\udce3\\udc84\\ub155\"}\r\n{\"sender\": \" b \", \"message\": \"\\u001b[3~x\\u0003\"}";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).unwrap();
+    let (dir, input, out) = fixture(&gz.finish().unwrap(), "m_2024-10-24.jsonl.gz");
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["--json", "extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    let f = &v["summary"]["files"][0];
+    assert_eq!(f["lines"], 2);
+    assert_eq!(f["records"], 2);
+    assert_eq!(f["dropped"]["lone_surrogates"], 2);
+    assert_eq!(f["dropped"]["control_chars"], 2);
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["write", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        out.join("messages/date=2024-10-24/sender_id=a/part-00000.parquet")
+            .exists()
+    );
+    assert!(
+        out.join("messages/date=2024-10-24/sender_id=b/part-00000.parquet")
+            .exists()
+    );
+}
+
+#[test]
+fn corrupt_gzip_is_a_data_error() {
+    let (dir, input, out) = fixture(b"\x1f\x8b\x08\x00garbage", "m_2024-10-24.log.gz");
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+}
+
+#[test]
+fn unreadable_file_exits_74() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, input, out) = fixture(b"{'user': 'a', 'message': 'x'}\n", "chat_2024-10-24.log");
+    let path = input.join("room/chat_2024-10-24.log");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = chatetl(dir.path());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } == 0 {
+        // Root reads anything: run the binary as nobody, who may write the output root only.
+        for p in [dir.path(), input.as_path(), &input.join("room")] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_chatetl"),
+        ])
+        .env("TZ", "UTC")
+        .current_dir(dir.path());
+    }
+    let o = cmd
+        .args(args(&input, &out, &["extract", "--date", "2024-10-24"]))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 74, "{}", stderr(&o));
+    assert!(stderr(&o).contains("chat_2024-10-24.log"), "{}", stderr(&o));
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+#[test]
+fn no_input_extract_is_skipped() {
+    let (dir, input, out) = workspace();
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["extract", "--date", "2024-10-26"]),
+    );
+    assert_eq!(code(&o), 99);
+}
+
+/// The shared corpus, when present beside the repository.
+fn corpus() -> Option<PathBuf> {
+    let p = repo().join("../shared/corpus");
+    p.is_dir().then_some(p)
+}
+
+#[test]
+fn corpus_files_extract_with_accounting() {
+    let Some(corpus) = corpus() else {
+        eprintln!("skipped: ../shared/corpus is absent");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    let mut expected_files = 0;
+    for sub in fs::read_dir(&corpus).unwrap() {
+        let sub = sub.unwrap().path();
+        if !sub.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&sub).unwrap() {
+            let f = f.unwrap().path();
+            let dest = input
+                .join(sub.file_name().unwrap())
+                .join("2024-08-27")
+                .join(f.file_name().unwrap());
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            fs::copy(&f, &dest).unwrap();
+            expected_files += 1;
+        }
+    }
+    let out = dir.path().join("out");
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["--json", "extract", "--date", "2024-08-27"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    let s = &v["summary"];
+    assert_accounting(s);
+    let files = s["files"].as_array().unwrap();
+    assert_eq!(files.len(), expected_files);
+    let by_name = |n: &str| {
+        files
+            .iter()
+            .find(|f| f["file"].as_str().unwrap().ends_with(n))
+            .unwrap()
+    };
+    assert_eq!(by_name("chat_20240827.log")["records"], 530);
+    assert_eq!(by_name("get_json_stdout.log")["noise"], 2);
+    assert_eq!(by_name("get_json_stdout.log")["records"], 197);
+    let stdout_log = by_name("get_json_stdout.log");
+    assert_eq!(stdout_log["rejected"], 0, "{stdout_log}");
+    assert!(
+        by_name("240826_messages.json")["dropped"]["lone_surrogates"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+    assert!(
+        by_name("doublechat/2024-08-27/messages.json")["dropped"]["control_chars"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        by_name("doublechat/2024-08-27/messages.json")["system"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    for f in files {
+        assert_eq!(f["rejected"], 0, "{f}");
+    }
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["write", "--date", "2024-08-27"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+// ---------------------------------------------------------------- write
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn write_is_deterministic_and_manifest_matches() {
+    let (dir, input, out) = workspace();
+    for stage in ["extract", "write"] {
+        let o = run(
+            dir.path(),
+            &args(&input, &out, &[stage, "--date", "2024-10-25"]),
+        );
+        assert_eq!(code(&o), 0, "{stage}: {}", stderr(&o));
+    }
+    let date_dir = out.join("messages/date=2024-10-25");
+    let first: Vec<(PathBuf, Vec<u8>)> = parquet_files(&date_dir)
+        .into_iter()
+        .map(|p| (p.clone(), fs::read(&p).unwrap()))
+        .collect();
+    assert!(first.len() >= 5);
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(date_dir.join("_SUCCESS")).unwrap()).unwrap();
+    assert_eq!(manifest["files"].as_array().unwrap().len(), first.len());
+    assert_eq!(manifest["rows"], manifest["counts"]["staged"]);
+    for stage in ["extract", "write"] {
+        let o = run(
+            dir.path(),
+            &args(&input, &out, &[stage, "--date", "2024-10-25"]),
+        );
+        assert_eq!(code(&o), 0);
+    }
+    let second: Vec<(PathBuf, Vec<u8>)> = parquet_files(&date_dir)
+        .into_iter()
+        .map(|p| (p.clone(), fs::read(&p).unwrap()))
+        .collect();
+    assert_eq!(first, second, "Parquet output differs between two runs");
+    assert!(
+        !out.join("_tmp").read_dir().unwrap().any(|_| true),
+        "temporary leftovers"
+    );
+}
