@@ -174,6 +174,53 @@ pub fn escape_partition_value(value: &str) -> String {
     out
 }
 
+/// The partition directory name of a sender: `sender_id=<escaped>`, or the Hive null partition.
+///
+/// Every Hive reader (Spark, DuckDB, Polars, pyarrow) reads a value that unescapes to
+/// `__HIVE_DEFAULT_PARTITION__` as null, however it is escaped, so normalisation turns a sender
+/// literally named that into a null sender (keeping the name in `extra`).
+pub fn sender_dir_name(sender: Option<&str>) -> String {
+    match sender {
+        None | Some("") | Some(HIVE_NULL) => format!("sender_id={HIVE_NULL}"),
+        Some(s) => format!("sender_id={}", escape_partition_value(s)),
+    }
+}
+
+/// Longest escaped sender value that still makes a valid directory name (`sender_id=` + value
+/// must fit the common 255-byte file-name limit).
+pub const MAX_ESCAPED_SENDER_BYTES: usize = 255 - "sender_id=".len();
+
+/// Shortens a sender ID whose partition directory name would not fit the file system.
+///
+/// Policy: the longest prefix (whole characters) whose escaped form fits, followed by `~` and the
+/// first 8 hex digits of the SHA-256 of the full ID, so distinct long IDs stay distinct and the
+/// value is stable across runs. Returns `None` when the ID fits as it is. The caller keeps the
+/// full ID in the row's `extra` as `sender_id_full`, so nothing is lost.
+pub fn shorten_sender_id(id: &str) -> Option<String> {
+    if escape_partition_value(id).len() <= MAX_ESCAPED_SENDER_BYTES {
+        return None;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    let suffix = format!(
+        "~{:02x}{:02x}{:02x}{:02x}",
+        digest[0], digest[1], digest[2], digest[3]
+    );
+    let budget = MAX_ESCAPED_SENDER_BYTES - suffix.len();
+    let mut out = String::new();
+    let mut used = 0;
+    for ch in id.chars() {
+        let n = escape_partition_value(ch.encode_utf8(&mut [0; 4])).len();
+        if used + n > budget {
+            break;
+        }
+        used += n;
+        out.push(ch);
+    }
+    out.push_str(&suffix);
+    Some(out)
+}
+
 /// Reverses [`escape_partition_value`] (used by tests and by readers of our own output).
 pub fn unescape_partition_value(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -311,6 +358,19 @@ mod tests {
     }
 
     #[test]
+    fn sender_dirs() {
+        assert_eq!(
+            sender_dir_name(None),
+            "sender_id=__HIVE_DEFAULT_PARTITION__"
+        );
+        assert_eq!(sender_dir_name(Some("a/b")), "sender_id=a%2Fb");
+        assert_eq!(
+            sender_dir_name(Some(HIVE_NULL)),
+            "sender_id=__HIVE_DEFAULT_PARTITION__"
+        );
+    }
+
+    #[test]
     fn escaping_round_trips() {
         for s in [
             "../../etc",
@@ -322,6 +382,23 @@ mod tests {
         ] {
             assert_eq!(unescape_partition_value(&escape_partition_value(s)), s);
         }
+    }
+
+    #[test]
+    fn long_sender_ids_are_shortened_stably_and_distinctly() {
+        let a: String = "가".repeat(300);
+        let b: String = format!("{}나", "가".repeat(299));
+        let sa = shorten_sender_id(&a).unwrap();
+        let sb = shorten_sender_id(&b).unwrap();
+        assert!(escape_partition_value(&sa).len() <= MAX_ESCAPED_SENDER_BYTES);
+        assert!(("sender_id=".len() + escape_partition_value(&sa).len()) <= 255);
+        assert_ne!(sa, sb);
+        assert_eq!(shorten_sender_id(&a).unwrap(), sa);
+        assert!(sa.starts_with("가가가"));
+        assert_eq!(shorten_sender_id("ham"), None);
+        let slashes = "/".repeat(100);
+        let s = shorten_sender_id(&slashes).unwrap();
+        assert!(escape_partition_value(&s).len() <= MAX_ESCAPED_SENDER_BYTES);
     }
 
     #[test]

@@ -187,6 +187,19 @@ impl Normalizer {
                 extra.push((k, v));
             }
         }
+        if sender_id.as_deref() == Some(crate::layout::HIVE_NULL) {
+            // Every Hive reader reads this name back as null: store null and keep the name in `extra`.
+            extra.push((
+                "sender_id_full".to_string(),
+                Value::Str(crate::layout::HIVE_NULL.into()),
+            ));
+            sender_id = None;
+        } else if let Some(full) = &sender_id
+            && let Some(short) = crate::layout::shorten_sender_id(full)
+        {
+            extra.push(("sender_id_full".to_string(), Value::Str(full.clone())));
+            sender_id = Some(short);
+        }
         let kind = match &sender_id {
             Some(s) if self.system_senders.contains(s) => Kind::System,
             _ => Kind::Message,
@@ -290,6 +303,32 @@ mod tests {
         assert_eq!(r.ts, None);
         assert_eq!(r.kind, Kind::System);
         assert_eq!(r.extra.as_deref(), Some(r#"{"timestamp": "sometime"}"#));
+    }
+
+    #[test]
+    fn hive_null_name_and_long_names_keep_the_full_id_in_extra() {
+        let n = normalizer();
+        let r = n
+            .normalize(
+                vec![
+                    ("message".into(), s("x")),
+                    ("user".into(), s("__HIVE_DEFAULT_PARTITION__")),
+                ],
+                &origin(),
+            )
+            .unwrap();
+        assert_eq!(r.sender_id, None);
+        assert!(r.extra.unwrap().contains("__HIVE_DEFAULT_PARTITION__"));
+        let long = "가".repeat(300);
+        let r = n
+            .normalize(
+                vec![("message".into(), s("x")), ("user".into(), s(&long))],
+                &origin(),
+            )
+            .unwrap();
+        let short = r.sender_id.unwrap();
+        assert!(short.len() < long.len() && short.contains('~'));
+        assert!(r.extra.unwrap().contains(&long));
     }
 
     #[test]

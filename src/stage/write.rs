@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
-use crate::layout::{HIVE_NULL, Layout, escape_partition_value, fsync_path, swap_into_place};
+use crate::layout::{Layout, fsync_path, sender_dir_name, swap_into_place};
 use crate::lock::DateLock;
 use crate::record::schema::{parquet_schema, staged_schema};
 use crate::stage::Outcome;
@@ -522,11 +522,7 @@ pub fn writer_properties() -> WriterProperties {
 
 impl SenderWriter {
     fn create(dir: &Path, sender: Option<String>) -> Result<SenderWriter> {
-        let part = match &sender {
-            Some(s) if !s.is_empty() => escape_partition_value(s),
-            _ => HIVE_NULL.to_string(),
-        };
-        let rel = format!("sender_id={part}/part-00000.parquet");
+        let rel = format!("{}/part-00000.parquet", sender_dir_name(sender.as_deref()));
         let path = dir.join(&rel);
         let parent = path.parent().expect("file has a parent");
         fs::create_dir(parent).map_err(|e| Error::io("cannot create", parent, e))?;
