@@ -762,3 +762,114 @@ fn write_is_deterministic_and_manifest_matches() {
         "temporary leftovers"
     );
 }
+
+/// Checks that `messages/date=D` is complete: `_SUCCESS` lists exactly the Parquet files on disk,
+/// with their sizes and hashes. Returns the manifest's row count.
+fn assert_complete_date(date_dir: &Path) -> u64 {
+    use sha2::{Digest, Sha256};
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(date_dir.join("_SUCCESS")).expect("_SUCCESS present"))
+            .unwrap();
+    let listed: Vec<PathBuf> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let p = date_dir.join(f["path"].as_str().unwrap());
+            let bytes = fs::read(&p)
+                .unwrap_or_else(|e| panic!("{} listed but unreadable: {e}", p.display()));
+            assert_eq!(bytes.len() as u64, f["bytes"].as_u64().unwrap());
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                f["sha256"].as_str().unwrap()
+            );
+            p
+        })
+        .collect();
+    let mut listed = listed;
+    listed.sort();
+    assert_eq!(
+        parquet_files(date_dir),
+        listed,
+        "files on disk differ from _SUCCESS"
+    );
+    manifest["rows"].as_u64().unwrap()
+}
+
+#[test]
+fn sigkill_during_write_leaves_the_previous_complete_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in/room");
+    fs::create_dir_all(&input).unwrap();
+    let make = |n: usize| {
+        let mut s = String::new();
+        for i in 0..n {
+            s.push_str(&format!(
+                "{{\"user\": \"sender{}\", \"message\": \"message number {i} 안녕 😀\", \"time\": {}}}\n",
+                i % 300,
+                1_729_728_000 + i
+            ));
+        }
+        s
+    };
+    let file = input.join("chat_2024-10-24.jsonl");
+    fs::write(&file, make(20_000)).unwrap();
+    let (inp, out) = (dir.path().join("in"), dir.path().join("out"));
+    for stage in ["extract", "write"] {
+        let o = run(
+            dir.path(),
+            &args(&inp, &out, &[stage, "--date", "2024-10-24"]),
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let date_dir = out.join("messages/date=2024-10-24");
+    assert_eq!(assert_complete_date(&date_dir), 20_000);
+    // New input staged; every interrupted write must leave 20,000 or 60,000 complete rows.
+    fs::write(&file, make(60_000)).unwrap();
+    let o = run(
+        dir.path(),
+        &args(&inp, &out, &["extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0);
+    for delay_ms in [0u64, 2, 5, 10, 20, 40, 80, 160, 320] {
+        let mut child = chatetl(dir.path())
+            .args(args(&inp, &out, &["write", "--date", "2024-10-24"]))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let rows = assert_complete_date(&date_dir);
+        assert!(
+            rows == 20_000 || rows == 60_000,
+            "after a kill at {delay_ms} ms: {rows} rows"
+        );
+    }
+    let o = run(
+        dir.path(),
+        &args(&inp, &out, &["write", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(assert_complete_date(&date_dir), 60_000);
+    let leftovers: Vec<_> = fs::read_dir(out.join("_tmp")).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "leftovers after a clean run: {leftovers:?}"
+    );
+}
+
+#[test]
+fn unwritable_output_root_exits_73() {
+    let (dir, input, _out) = workspace();
+    let o = run(
+        dir.path(),
+        &args(
+            &input,
+            Path::new("/proc/chatetl-out"),
+            &["extract", "--date", "2024-10-24"],
+        ),
+    );
+    assert_eq!(code(&o), 73, "{}", stderr(&o));
+}
