@@ -254,7 +254,7 @@ fn make_runs(staged: &Path, run_bytes: usize, spill_dir: &Path) -> Result<Vec<Ru
                 staged.display()
             ))
         })?;
-        cur_bytes += batch.get_array_memory_size();
+        cur_bytes += batch_bytes(&batch);
         cur.push(batch);
         if cur_bytes >= run_bytes {
             let sorted = sort_run(std::mem::take(&mut cur))?;
@@ -269,11 +269,27 @@ fn make_runs(staged: &Path, run_bytes: usize, spill_dir: &Path) -> Result<Vec<Ru
     if !cur.is_empty() {
         let sorted = sort_run(cur)?;
         if spilled.is_empty() {
+            tracing::info!("sorted in memory (one run)");
             return Ok(vec![Run::Memory(sorted)]);
         }
         spilled.push(spill(sorted, spill_dir, spilled.len())?);
     }
+    tracing::info!(
+        "sorted in {} runs spilled to disk (run size {} MiB)",
+        spilled.len(),
+        run_bytes >> 20
+    );
     Ok(spilled)
+}
+
+/// Bytes a batch's rows occupy. Not `get_array_memory_size`: batches read from IPC share one
+/// buffer per block, which that method counts once per column, hundreds of times too much.
+fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }
 
 fn spill(batches: Vec<RecordBatch>, dir: &Path, n: usize) -> Result<Run> {
@@ -332,7 +348,8 @@ fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     let mut idx: Vec<u32> = (0..all.num_rows() as u32).collect();
     idx.sort_by(|&x, &y| cmp_rows(&all, x as usize, &all, y as usize));
     let mut out = Vec::new();
-    for chunk in idx.chunks(MERGE_BATCH_ROWS.max(1) * 8) {
+    // Small batches: the merge holds one batch per run in memory.
+    for chunk in idx.chunks(MERGE_BATCH_ROWS) {
         let indices = UInt32Array::from(chunk.to_vec());
         let cols = all
             .columns()
