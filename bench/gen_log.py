@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Deterministic chat-log generator for benchmarks.
+
+Writes one day of realistic chat log of about SIZE bytes, seeded, as Python `str(dict)` lines
+(what a Python Kafka consumer prints) or JSON lines (`json.dumps`, ensure_ascii either way).
+
+  bench/gen_log.py --size 1G --format repr --date 2024-10-24 -o /tmp/in/lobby/chat_2024-10-24.log
+
+500 senders with Zipf-like activity, 30 rooms, Hangul, emoji and punctuation including { } ' ";
+0.5% of messages hold a lone-surrogate escape, 1% a control character, 0.2% of lines are
+truncated (as when a writer crashed).
+"""
+
+import argparse
+import json
+import random
+import sys
+
+WORDS = (
+    "안녕 하세요 회의 시작할까요 네 좋아요 점심 뭐 먹을까 오늘 내일 배포 확인 부탁드립니다 "
+    "ok thanks lgtm deploy review the build is green see you soon meeting at 3 lunch coffee "
+    "{json} 'quoted' \"double\" 😀 👍 🎉 ㅋㅋㅋ ㅎㅎ ... !? #tag @mention 100% a/b"
+).split()
+
+
+def parse_size(s):
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    s = s.strip().upper()
+    if s[-1] in mult:
+        return int(float(s[:-1]) * mult[s[-1]])
+    return int(s)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="100M")
+    ap.add_argument("--format", choices=["repr", "json", "json-ascii"], default="repr")
+    ap.add_argument("--date", default="2024-10-24")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("-o", "--output", required=True)
+    a = ap.parse_args()
+    rnd = random.Random(a.seed)
+    target = parse_size(a.size)
+    senders = [f"user{i:03d}" if i % 3 else f"사용자{i}" for i in range(500)]
+    weights = [1.0 / (i + 1) ** 1.1 for i in range(500)]
+    rooms = [f"room{i:02d}" for i in range(30)]
+    # Pre-draw senders in bulk (random.choices is fast with cum_weights).
+    cum = []
+    acc = 0.0
+    for w in weights:
+        acc += w
+        cum.append(acc)
+    written = 0
+    offset = 0
+    h, m, s = 0, 0, 0
+    with open(a.output, "w", encoding="utf-8", newline="\n") as out:
+        buf = []
+        while written < target:
+            batch = rnd.choices(senders, cum_weights=cum, k=1000)
+            for sender in batch:
+                n = rnd.randint(1, 12)
+                msg = " ".join(rnd.choice(WORDS) for _ in range(n))
+                r = rnd.random()
+                lone = r < 0.005
+                ctrl = 0.005 <= r < 0.015
+                s += rnd.randint(0, 2)
+                if s >= 60:
+                    s -= 60
+                    m += 1
+                if m >= 60:
+                    m = 0
+                    h = min(h + 1, 23)
+                ts = f"{a.date} {h:02d}:{m:02d}:{s:02d}.{rnd.randint(0, 999999):06d}"
+                rec = {"message": msg, "time": ts, "user": sender,
+                       "chat_room": rooms[offset % 30], "offset": offset}
+                offset += 1
+                if a.format == "repr":
+                    line = str(rec)
+                    if lone:
+                        line = line.replace("'message': '", "'message': '\\udce3", 1)
+                    if ctrl:
+                        line = line.replace("'message': '", "'message': '\\x1b[3~", 1)
+                else:
+                    line = json.dumps(rec, ensure_ascii=(a.format == "json-ascii"))
+                    if lone:
+                        line = line.replace('"message": "', '"message": "\\udce3', 1)
+                    if ctrl:
+                        line = line.replace('"message": "', '"message": "\\u0003', 1)
+                if rnd.random() < 0.002:
+                    line = line[: len(line) // 2]
+                buf.append(line)
+            chunk = "\n".join(buf) + "\n"
+            buf.clear()
+            out.write(chunk)
+            written += len(chunk.encode("utf-8"))
+    print(f"wrote {written} bytes, {offset} lines to {a.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
