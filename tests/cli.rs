@@ -922,3 +922,31 @@ fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
     // Same rows, same order, same bytes, whatever the budget.
     assert_eq!(manifests[0], manifests[1]);
 }
+
+#[test]
+fn duplicates_and_conflicts_at_one_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in/room");
+    fs::create_dir_all(&input).unwrap();
+    // Offset 7: A, then B twice (B conflicts with A once, then repeats exactly), then A again.
+    let lines = [
+        "offset=7, value={'user': 'a', 'message': 'A', 'time': 1729728000}",
+        "offset=7, value={'user': 'b', 'message': 'B', 'time': 1729728001}",
+        "offset=7, value={'user': 'b', 'message': 'B', 'time': 1729728001}",
+        "offset=7, value={'user': 'a', 'message': 'A', 'time': 1729728000}",
+        "offset=8, value={'user': 'a', 'message': 'C', 'time': 1729728002}",
+    ];
+    fs::write(input.join("consumer_2024-10-24.log"), lines.join("\n")).unwrap();
+    let (inp, out) = (dir.path().join("in"), dir.path().join("out"));
+    let o = run(
+        dir.path(),
+        &args(&inp, &out, &["--json", "extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    let t = &v["summary"]["totals"];
+    assert_eq!(t["records"], 5, "{t}");
+    assert_eq!(t["duplicates"], 2, "{t}");
+    assert_eq!(t["conflicts"], 1, "{t}");
+    assert_eq!(t["staged"], 3, "{t}");
+}

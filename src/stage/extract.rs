@@ -328,6 +328,8 @@ struct Sink {
     rejects: BufWriter<File>,
     rejects_path: PathBuf,
     seen: HashMap<(u64, i64), u64, foldhash::fast::RandomState>,
+    /// (room, offset, content) of records that conflicted with the first one at their offset.
+    conflicting: std::collections::HashSet<(u64, i64, u64), foldhash::fast::RandomState>,
     senders: HashMap<Option<String>, u64, foldhash::fast::RandomState>,
     budget_bytes: usize,
 }
@@ -388,7 +390,15 @@ impl Sink {
                     stats.duplicates += 1;
                     return Ok(());
                 }
-                Some(_) => stats.conflicts += 1,
+                Some(_) => {
+                    // Another content at the same offset: a conflict the first time, an exact
+                    // duplicate of that other record after.
+                    if !self.conflicting.insert((key.0, key.1, content)) {
+                        stats.duplicates += 1;
+                        return Ok(());
+                    }
+                    stats.conflicts += 1;
+                }
                 None => {
                     self.seen.insert(key, content);
                 }
@@ -463,6 +473,7 @@ fn extract_into(
         rejects: BufWriter::new(rf),
         rejects_path: rejects_path.clone(),
         seen: HashMap::default(),
+        conflicting: Default::default(),
         senders: HashMap::default(),
         budget_bytes: (settings.memory_budget_mb as usize) << 20 >> 3,
     };
