@@ -193,7 +193,7 @@ pub const MAX_ESCAPED_SENDER_BYTES: usize = 255 - "sender_id=".len();
 /// Shortens a sender ID whose partition directory name would not fit the file system.
 ///
 /// Policy: the longest prefix (whole characters) whose escaped form fits, followed by `~` and the
-/// first 8 hex digits of the SHA-256 of the full ID, so distinct long IDs stay distinct and the
+/// first 16 hex digits of the SHA-256 of the full ID, so distinct long IDs stay distinct and the
 /// value is stable across runs. Returns `None` when the ID fits as it is. The caller keeps the
 /// full ID in the row's `extra` as `sender_id_full`, so nothing is lost.
 pub fn shorten_sender_id(id: &str) -> Option<String> {
@@ -202,10 +202,7 @@ pub fn shorten_sender_id(id: &str) -> Option<String> {
     }
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(id.as_bytes());
-    let suffix = format!(
-        "~{:02x}{:02x}{:02x}{:02x}",
-        digest[0], digest[1], digest[2], digest[3]
-    );
+    let suffix = format!("~{}", hex::encode(&digest[..8]));
     let budget = MAX_ESCAPED_SENDER_BYTES - suffix.len();
     let mut out = String::new();
     let mut used = 0;
@@ -271,13 +268,35 @@ pub fn swap_into_place(new: &Path, dest: &Path) -> Result<()> {
     let exists = fs::symlink_metadata(dest).is_ok();
     if !exists {
         fs::rename(new, dest).map_err(|e| Error::io("cannot commit", dest, e))?;
-    } else if exchange(new, dest).is_ok() {
-        remove_path(new).map_err(|e| Error::io("cannot remove", new, e))?;
     } else {
-        let aside = new.with_extension("old");
-        fs::rename(dest, &aside).map_err(|e| Error::io("cannot move aside", dest, e))?;
-        fs::rename(new, dest).map_err(|e| Error::io("cannot commit", dest, e))?;
-        remove_path(&aside).map_err(|e| Error::io("cannot remove", &aside, e))?;
+        match exchange(new, dest) {
+            Ok(()) => {}
+            // Only where the file system cannot exchange: move the old directory aside first.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) =>
+            {
+                let aside = new.with_extension("old");
+                fs::rename(dest, &aside).map_err(|e| Error::io("cannot move aside", dest, e))?;
+                if let Err(e) = fs::rename(new, dest) {
+                    // Put the previous output back before reporting.
+                    let _ = fs::rename(&aside, dest);
+                    return Err(Error::io("cannot commit", dest, e));
+                }
+                fs::rename(&aside, new).map_err(|e| Error::io("cannot move", &aside, e))?;
+            }
+            Err(e) => return Err(Error::io("cannot commit", dest, e)),
+        }
+        // The new output is in place; the old one (now at `new`) is only garbage. Failing to
+        // remove it must not fail the commit: the next run removes leftovers.
+        if let Err(e) = remove_path(new) {
+            tracing::warn!(
+                "cannot remove {}: {e} (left for the next run)",
+                new.display()
+            );
+        }
     }
     fsync_path(parent).map_err(|e| Error::io("cannot sync", parent, e))?;
     Ok(())

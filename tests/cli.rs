@@ -277,7 +277,14 @@ fn clean_output_removes_only_the_date_and_not_symlink_targets() {
 #[test]
 fn clean_output_refuses_dangerous_roots() {
     let (dir, input, _out) = workspace();
-    for root in ["/", input.to_str().unwrap()] {
+    let nested = input.join("out");
+    let parent = dir.path().to_str().unwrap();
+    for root in [
+        "/",
+        input.to_str().unwrap(),
+        nested.to_str().unwrap(),
+        parent,
+    ] {
         let o = run(
             dir.path(),
             &[
@@ -291,6 +298,7 @@ fn clean_output_refuses_dangerous_roots() {
             ],
         );
         assert_eq!(code(&o), 78, "{root}: {}", stderr(&o));
+        assert!(input.join("lobby").exists() && !nested.exists());
     }
     let home = dir.path().join("home");
     fs::create_dir_all(&home).unwrap();

@@ -40,6 +40,15 @@ pub fn check_output_root(settings: &Settings) -> Result<()> {
             settings.output_root.display()
         )));
     }
+    // Nested either way, discovery would read our own output as logs, or cleaning would
+    // delete logs.
+    if out.starts_with(&input) || input.starts_with(&out) {
+        return Err(Error::Config(format!(
+            "refusing output root {}: it is nested with the input root {}",
+            settings.output_root.display(),
+            settings.input_root.display()
+        )));
+    }
     Ok(())
 }
 
