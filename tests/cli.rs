@@ -958,3 +958,46 @@ fn duplicates_and_conflicts_at_one_offset() {
     assert_eq!(t["conflicts"], 1, "{t}");
     assert_eq!(t["staged"], 3, "{t}");
 }
+
+#[test]
+fn one_line_json_array_with_bad_elements_counts_each_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in/room");
+    fs::create_dir_all(&input).unwrap();
+    // `json.dump` without indent: ten elements on one line, two of them bad; then a second
+    // line with one good element.
+    let mut elems: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"user": "u{i}", "message": "m{i}", "time": 1729728000}}"#))
+        .collect();
+    elems[3] = "42".into();
+    elems[7] = r#"{"user": "u7", "time": 1729728000}"#.into();
+    let text = format!(
+        "[{},\n{}]",
+        elems.join(", "),
+        r#"{"user": "z", "message": "last", "time": 1729728001}"#
+    );
+    fs::write(input.join("messages_2024-10-24.json"), text).unwrap();
+    let (inp, out) = (dir.path().join("in"), dir.path().join("out"));
+    let o = run(
+        dir.path(),
+        &args(&inp, &out, &["--json", "extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_accounting(&v["summary"]);
+    let f = &v["summary"]["files"][0];
+    assert_eq!(f["lines"], 2, "{f}");
+    assert_eq!(f["rejected"], 1, "{f}");
+    assert_eq!(f["record_lines"], 1, "{f}");
+    assert_eq!(f["records"], 9, "{f}");
+    assert_eq!(f["rejected_elements"], 2, "{f}");
+    let rejects = fs::read_to_string(out.join("rejects/date=2024-10-24/rejects.jsonl")).unwrap();
+    let rows: Vec<Value> = rejects
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r["line"] == 1),
+        "{rejects}"
+    );
+}

@@ -100,6 +100,16 @@ pub struct FileStats {
     pub ts_missing: u64,
     /// Characters dropped from strings, by kind.
     pub dropped: DropCounts,
+    /// JSON arrays: elements read, and those rejected. The reject ratio of an array file counts
+    /// elements, not lines, so that one bad element in a one-line array is not 100% rejected.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub elements: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rejected_elements: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Serializable mirror of [`Drops`].
@@ -537,11 +547,21 @@ fn extract_into(
             )
         })
         .collect();
-    let non_blank = t.lines - t.blank;
-    let ratio = if non_blank == 0 {
+    // Lines for line formats, elements for JSON arrays (whose elements may share lines).
+    let (mut units, mut rejected_units) = (0u64, 0u64);
+    for s in &stats_all {
+        if s.elements > 0 {
+            units += s.elements;
+            rejected_units += s.rejected_elements;
+        } else {
+            units += s.lines - s.blank;
+            rejected_units += s.rejected;
+        }
+    }
+    let ratio = if units == 0 {
         0.0
     } else {
-        t.rejected as f64 / non_blank as f64
+        rejected_units as f64 / units as f64
     };
     let summary = ExtractSummary {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -977,10 +997,14 @@ enum LineClass {
 /// Finishes per-line accounting for the whole-file formats: unset lines are blank or noise.
 fn settle_lines(stats: &mut FileStats, classes: &[LineClass], text: &[u8], index: &LineIndex) {
     stats.lines = classes.len() as u64;
+    // Several elements can share a line (`json.dump` without indent): a line counts once, and a
+    // line holding any rejected element is rejected (its rows are in the rejects file) even when
+    // other elements on it were staged.
+    stats.rejected = 0;
     for (i, c) in classes.iter().enumerate() {
         match c {
             LineClass::Record => stats.record_lines += 1,
-            LineClass::Rejected => {}
+            LineClass::Rejected => stats.rejected += 1,
             LineClass::Unset => {
                 if index.line(text, i).trim_ascii().is_empty() {
                     stats.blank += 1;
@@ -1003,8 +1027,8 @@ fn reject_tail(
     detail: &str,
 ) -> Result<()> {
     for (i, class) in classes.iter_mut().enumerate().skip(from) {
-        if *class == LineClass::Record {
-            continue;
+        if *class == LineClass::Rejected {
+            continue; // its row is already in the rejects file
         }
         *class = LineClass::Rejected;
         sink.reject(
@@ -1047,6 +1071,8 @@ fn array_mode(
             let after = skip_ws(pos + 1);
             if after < text.len() {
                 let l = index.line_of(after);
+                stats.elements += 1;
+                stats.rejected_elements += 1;
                 reject_tail(
                     sink,
                     stats,
@@ -1110,14 +1136,22 @@ fn array_mode(
                         )?;
                     }
                 }
+                stats.elements += 1;
+                if !ok {
+                    stats.rejected_elements += 1;
+                }
                 for c in &mut classes[start_line..=end_line] {
-                    *c = class;
+                    if *c != LineClass::Rejected {
+                        *c = class;
+                    }
                 }
                 pos = skip_ws(end);
                 if pos < text.len() && text[pos] == b',' {
                     pos += 1;
                 } else if pos < text.len() && text[pos] != b']' {
                     let l = index.line_of(pos);
+                    stats.elements += 1;
+                    stats.rejected_elements += 1;
                     reject_tail(
                         sink,
                         stats,
@@ -1138,6 +1172,8 @@ fn array_mode(
                     e.kind.code(),
                     at + 1
                 );
+                stats.elements += 1;
+                stats.rejected_elements += 1;
                 reject_tail(
                     sink,
                     stats,
@@ -1240,11 +1276,13 @@ fn csv_mode(
                     }
                 }
                 for c in &mut classes[first..=last] {
-                    *c = if ok {
-                        LineClass::Record
-                    } else {
-                        LineClass::Rejected
-                    };
+                    if *c != LineClass::Rejected {
+                        *c = if ok {
+                            LineClass::Record
+                        } else {
+                            LineClass::Rejected
+                        };
+                    }
                 }
             }
             Err(e) => {
