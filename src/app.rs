@@ -120,6 +120,20 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
             };
             crate::pipeline::run(&settings, &opts)?
         }
+        Command::Aggregate(a) => {
+            let (from, to) = match (a.date, a.from, a.to) {
+                (Some(d), _, _) => (d, d),
+                (None, Some(f), Some(t)) => (f, t),
+                _ => return Err(Error::Usage("give --date or both --from and --to".into())),
+            };
+            let opts = stage::aggregate::AggregateOptions {
+                from,
+                to,
+                top: a.top,
+                include_system: a.include_system,
+            };
+            stage::aggregate::run(&settings, &opts)?
+        }
         Command::Config => Outcome {
             exit: ExitCode::Ok,
             human: settings.describe(),

@@ -63,6 +63,9 @@ pub enum Command {
     Write(DateArg),
     /// Run check-log, extract and write for a date or a range of dates.
     Run(RunArgs),
+    /// Top senders, busiest rooms, hourly activity and words of a date or a range, from the
+    /// committed Parquet dataset, as Parquet files and summary.json under out/aggregates/
+    Aggregate(AggregateArgs),
     /// Print the effective configuration and where each value came from.
     Config,
 }
@@ -129,6 +132,25 @@ pub struct RunArgs {
 }
 
 /// Parses a strict `YYYY-MM-DD` calendar date.
+#[derive(Debug, Args)]
+pub struct AggregateArgs {
+    /// The logical date to aggregate
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+    pub date: Option<NaiveDate>,
+    /// First date of a range (dates without complete output are listed, not aggregated)
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "to")]
+    pub from: Option<NaiveDate>,
+    /// Last date of a range (inclusive)
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "from")]
+    pub to: Option<NaiveDate>,
+    /// Rows of the top lists on the terminal and in summary.json
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+    /// Count system messages (configured system senders) too
+    #[arg(long)]
+    pub include_system: bool,
+}
+
 pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
     let ok_shape = s.len() == 10
         && s.bytes().enumerate().all(|(i, b)| {

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::exit::ExitCode;
 
+pub mod aggregate;
 pub mod check_log;
 pub mod clean_output;
 pub mod extract;

@@ -1,0 +1,665 @@
+//! `aggregate`: daily (or range) aggregates of the committed Parquet dataset.
+//!
+//! Reads `messages/date=D` for every complete date (one with `_SUCCESS`) with Polars lazy scans
+//! of the Hive layout, `sender_id` declared String so `007` stays `007`, and writes, atomically,
+//! `aggregates/date=D/` (a range: `aggregates/range=D1_D2/`):
+//!
+//! - `senders.parquet`: per sender, messages, characters, distinct rooms, first and last time;
+//! - `rooms.parquet`: per room, messages, distinct senders, busiest hour (in `--tz`);
+//! - `hourly.parquet`: messages per hour of the day in `--tz`, per room and overall (room null);
+//! - `words.parquet`: the most used words (whitespace tokens, punctuation stripped, lower-cased,
+//!   stop words removed; Hangul is kept as it is);
+//! - `summary.json`: all of it together, plus the dates used and those without complete output.
+//!
+//! System messages (configured system senders) are left out unless `--include-system`.
+//! Group-bys (messages, distinct rooms or senders, first and last time) run in Polars; the text
+//! and clock measures (characters, words, hours in the zone) are computed in one pass over the
+//! collected columns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{NaiveDate, TimeZone, Timelike};
+use chrono_tz::Tz;
+use polars::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::exit::ExitCode;
+use crate::layout::{Layout, fsync_path, swap_into_place};
+use crate::stage::Outcome;
+use crate::stage::write::SUCCESS_FILE;
+
+/// Words that say nothing about a conversation (English and Korean particles-as-words).
+pub const DEFAULT_STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "at", "be", "but", "by", "for", "from", "has", "have", "i", "in",
+    "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "so", "that", "the", "this",
+    "to", "was", "we", "were", "with", "you", "your", "네", "그", "이", "저", "것", "수", "좀",
+    "더", "잘", "또", "다",
+];
+
+/// How many words `words.parquet` keeps.
+const WORDS_KEPT: usize = 1000;
+
+/// What to aggregate.
+#[derive(Debug, Clone)]
+pub struct AggregateOptions {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    /// Rows in the terminal table and in summary.json's top lists.
+    pub top: usize,
+    pub include_system: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SenderRow {
+    pub sender_id: Option<String>,
+    pub messages: u64,
+    pub characters: u64,
+    pub rooms: u64,
+    /// Microseconds since the epoch, UTC.
+    pub first_ts: Option<i64>,
+    pub last_ts: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoomRow {
+    pub room: String,
+    pub messages: u64,
+    pub senders: u64,
+    /// Hour of the day (0-23, in the configured zone) with the most messages; ties → earliest.
+    pub busiest_hour: Option<u32>,
+    pub busiest_hour_messages: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Aggregates {
+    pub dates: Vec<NaiveDate>,
+    /// Dates of the range without a complete `messages/date=D` (no `_SUCCESS`).
+    pub missing_dates: Vec<NaiveDate>,
+    pub tz: String,
+    pub include_system: bool,
+    pub messages: u64,
+    pub senders: Vec<SenderRow>,
+    pub rooms: Vec<RoomRow>,
+    /// Messages per hour of the day, all rooms.
+    pub hourly: [u64; 24],
+    /// Messages per hour of the day, per room.
+    pub hourly_by_room: BTreeMap<String, [u64; 24]>,
+    pub words: Vec<(String, u64)>,
+}
+
+/// Runs `aggregate` for a date or a range.
+pub fn run(settings: &Settings, opts: &AggregateOptions) -> Result<Outcome> {
+    if opts.from > opts.to {
+        return Err(Error::Usage(format!(
+            "--from {} is after --to {}",
+            opts.from, opts.to
+        )));
+    }
+    crate::stage::clean_output::check_output_root(settings)?;
+    let started = Instant::now();
+    let layout = Layout::new(&settings.output_root);
+    let single = opts.from == opts.to;
+    let mut dates = Vec::new();
+    let mut missing = Vec::new();
+    for d in opts.from.iter_days().take_while(|d| *d <= opts.to) {
+        if layout.messages_dir(d).join(SUCCESS_FILE).is_file() {
+            dates.push(d);
+        } else {
+            missing.push(d);
+        }
+    }
+    if dates.is_empty() {
+        return Err(Error::NoInput(if single {
+            format!(
+                "{}: no complete output to aggregate ({} is missing); run `chatetl run --date {}` first",
+                opts.from,
+                layout.messages_dir(opts.from).join(SUCCESS_FILE).display(),
+                opts.from
+            )
+        } else {
+            format!(
+                "{}..{}: no date in the range has complete output to aggregate",
+                opts.from, opts.to
+            )
+        }));
+    }
+    let _lock = if single {
+        Some(crate::lock::DateLock::acquire(
+            &layout,
+            opts.from,
+            "chatetl aggregate",
+        )?)
+    } else {
+        None
+    };
+    let agg = compute(
+        &layout,
+        &dates,
+        missing,
+        &settings.tz,
+        opts.include_system,
+        &stop_words(),
+    )?;
+    let dest = if single {
+        layout.aggregates_dir(opts.from)
+    } else {
+        layout
+            .root()
+            .join("aggregates")
+            .join(format!("range={}_{}", opts.from, opts.to))
+    };
+    let tmp = layout.new_tmp_dir("aggregates", opts.from)?;
+    let written = write_outputs(&agg, opts.top, &tmp).and_then(|()| swap_into_place(&tmp, &dest));
+    if let Err(e) = written {
+        let _ = crate::layout::remove_path(&tmp);
+        return Err(e);
+    }
+    Ok(outcome(&agg, opts, &dest, started.elapsed().as_secs_f64()))
+}
+
+fn stop_words() -> Vec<String> {
+    DEFAULT_STOP_WORDS.iter().map(|s| s.to_string()).collect()
+}
+
+fn polars_err(what: &str, e: PolarsError) -> Error {
+    Error::Data(format!("{what}: {e}"))
+}
+
+/// A lazy scan of one complete date, with the Hive columns declared as strings.
+fn scan_date(layout: &Layout, date: NaiveDate) -> Result<LazyFrame> {
+    let hive_schema = Schema::from_iter([
+        Field::new("date".into(), DataType::String),
+        Field::new("sender_id".into(), DataType::String),
+    ]);
+    let args = ScanArgsParquet {
+        hive_options: HiveOptions {
+            enabled: Some(true),
+            hive_start_idx: 0,
+            schema: Some(Arc::new(hive_schema)),
+            try_parse_dates: false,
+        },
+        ..Default::default()
+    };
+    let glob = format!("{}/**/*.parquet", layout.messages_dir(date).display());
+    LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), args)
+        .map_err(|e| polars_err(&format!("cannot scan {glob}"), e))
+}
+
+/// Computes every aggregate over the complete `dates`.
+pub fn compute(
+    layout: &Layout,
+    dates: &[NaiveDate],
+    missing_dates: Vec<NaiveDate>,
+    tz: &Tz,
+    include_system: bool,
+    stop_words: &[String],
+) -> Result<Aggregates> {
+    let scans = dates
+        .iter()
+        .map(|d| scan_date(layout, *d))
+        .collect::<Result<Vec<_>>>()?;
+    let mut lf = concat(scans, UnionArgs::default()).map_err(|e| polars_err("concat", e))?;
+    if !include_system {
+        lf = lf.filter(col("kind").eq(lit("message")));
+    }
+    let lf = lf.select([col("sender_id"), col("room"), col("ts"), col("message")]);
+
+    // Group-bys in Polars.
+    let by_sender = lf
+        .clone()
+        .group_by([col("sender_id")])
+        .agg([
+            len().alias("messages"),
+            col("room").n_unique().alias("rooms"),
+            col("ts").min().cast(DataType::Int64).alias("first_ts"),
+            col("ts").max().cast(DataType::Int64).alias("last_ts"),
+        ])
+        .collect()
+        .map_err(|e| polars_err("sender aggregates", e))?;
+    let by_room = lf
+        .clone()
+        .group_by([col("room")])
+        .agg([
+            len().alias("messages"),
+            col("sender_id").n_unique().alias("senders"),
+        ])
+        .collect()
+        .map_err(|e| polars_err("room aggregates", e))?;
+
+    // Text and clock measures in one pass over the columns.
+    let rows = lf
+        .with_column(col("ts").cast(DataType::Int64))
+        .collect()
+        .map_err(|e| polars_err("messages", e))?;
+    let sender = str_col(&rows, "sender_id")?;
+    let room = str_col(&rows, "room")?;
+    let message = str_col(&rows, "message")?;
+    let ts = rows
+        .column("ts")
+        .and_then(|c| c.i64().cloned())
+        .map_err(|e| polars_err("ts column", e))?;
+    let stops: std::collections::HashSet<&str> = stop_words.iter().map(String::as_str).collect();
+    let mut chars: HashMap<Option<&str>, u64> = HashMap::new();
+    let mut hourly = [0u64; 24];
+    let mut hourly_by_room: BTreeMap<String, [u64; 24]> = BTreeMap::new();
+    let mut words: HashMap<String, u64> = HashMap::new();
+    for i in 0..rows.height() {
+        let text = message.get(i).unwrap_or("");
+        *chars.entry(sender.get(i)).or_default() += text.chars().count() as u64;
+        if let Some(t) = ts.get(i)
+            && let Some(h) = hour_in(t, tz)
+        {
+            hourly[h] += 1;
+            hourly_by_room
+                .entry(room.get(i).unwrap_or("").to_string())
+                .or_insert([0; 24])[h] += 1;
+        }
+        for w in tokens(text) {
+            if !stops.contains(w.as_str()) {
+                *words.entry(w).or_default() += 1;
+            }
+        }
+    }
+
+    let mut senders = Vec::with_capacity(by_sender.height());
+    {
+        let id = str_col(&by_sender, "sender_id")?;
+        let n = u64_col(&by_sender, "messages")?;
+        let rooms = u64_col(&by_sender, "rooms")?;
+        let first = i64_col(&by_sender, "first_ts")?;
+        let last = i64_col(&by_sender, "last_ts")?;
+        for i in 0..by_sender.height() {
+            let sid = id.get(i);
+            senders.push(SenderRow {
+                sender_id: sid.map(str::to_string),
+                messages: n[i],
+                characters: chars.get(&sid).copied().unwrap_or(0),
+                rooms: rooms[i],
+                first_ts: first[i],
+                last_ts: last[i],
+            });
+        }
+    }
+    senders.sort_by(|a, b| {
+        b.messages
+            .cmp(&a.messages)
+            .then_with(|| a.sender_id.cmp(&b.sender_id))
+    });
+    let mut rooms = Vec::with_capacity(by_room.height());
+    {
+        let name = str_col(&by_room, "room")?;
+        let n = u64_col(&by_room, "messages")?;
+        let s = u64_col(&by_room, "senders")?;
+        for i in 0..by_room.height() {
+            let room = name.get(i).unwrap_or("").to_string();
+            let (busiest_hour, busiest_hour_messages) =
+                hourly_by_room.get(&room).map(busiest).unwrap_or((None, 0));
+            rooms.push(RoomRow {
+                room,
+                messages: n[i],
+                senders: s[i],
+                busiest_hour,
+                busiest_hour_messages,
+            });
+        }
+    }
+    rooms.sort_by(|a, b| {
+        b.messages
+            .cmp(&a.messages)
+            .then_with(|| a.room.cmp(&b.room))
+    });
+    let mut words: Vec<(String, u64)> = words.into_iter().collect();
+    words.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    words.truncate(WORDS_KEPT);
+    Ok(Aggregates {
+        dates: dates.to_vec(),
+        missing_dates,
+        tz: tz.name().to_string(),
+        include_system,
+        messages: rows.height() as u64,
+        senders,
+        rooms,
+        hourly,
+        hourly_by_room,
+        words,
+    })
+}
+
+fn str_col<'a>(df: &'a DataFrame, name: &str) -> Result<&'a StringChunked> {
+    df.column(name)
+        .and_then(|c| c.str())
+        .map_err(|e| polars_err(&format!("column {name}"), e))
+}
+
+fn u64_col(df: &DataFrame, name: &str) -> Result<Vec<u64>> {
+    let c = df
+        .column(name)
+        .and_then(|c| c.cast(&DataType::UInt64))
+        .map_err(|e| polars_err(&format!("column {name}"), e))?;
+    let ca = c
+        .u64()
+        .map_err(|e| polars_err(&format!("column {name}"), e))?;
+    Ok((0..ca.len()).map(|i| ca.get(i).unwrap_or(0)).collect())
+}
+
+fn i64_col(df: &DataFrame, name: &str) -> Result<Vec<Option<i64>>> {
+    let ca = df
+        .column(name)
+        .and_then(|c| c.i64())
+        .map_err(|e| polars_err(&format!("column {name}"), e))?;
+    Ok((0..ca.len()).map(|i| ca.get(i)).collect())
+}
+
+/// The hour of the day of a UTC microsecond timestamp in `tz`.
+fn hour_in(micros: i64, tz: &Tz) -> Option<usize> {
+    let utc = chrono::DateTime::from_timestamp_micros(micros)?;
+    Some(tz.from_utc_datetime(&utc.naive_utc()).hour() as usize)
+}
+
+/// The hour with the most messages (the earliest on a tie), and its count.
+fn busiest(h: &[u64; 24]) -> (Option<u32>, u64) {
+    let mut best: (Option<u32>, u64) = (None, 0);
+    for (i, &n) in h.iter().enumerate() {
+        if n > best.1 {
+            best = (Some(i as u32), n);
+        }
+    }
+    best
+}
+
+/// Words of a message: whitespace-separated, punctuation and symbols stripped from both ends,
+/// lower-cased; tokens with no letter or digit (emoji, `...`) are dropped. Hangul is a letter, so
+/// `안녕하세요!` gives `안녕하세요`.
+pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split_whitespace().filter_map(|t| {
+        let w = t.trim_matches(|c: char| !c.is_alphanumeric());
+        (!w.is_empty()).then(|| w.to_lowercase())
+    })
+}
+
+/// Writes the Parquet files and summary.json into `dir` and syncs them.
+fn write_outputs(agg: &Aggregates, top: usize, dir: &Path) -> Result<()> {
+    let ts_type = DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC));
+    let mut senders = df!(
+        "sender_id" => agg.senders.iter().map(|s| s.sender_id.clone()).collect::<Vec<_>>(),
+        "messages" => agg.senders.iter().map(|s| s.messages).collect::<Vec<_>>(),
+        "characters" => agg.senders.iter().map(|s| s.characters).collect::<Vec<_>>(),
+        "rooms" => agg.senders.iter().map(|s| s.rooms).collect::<Vec<_>>(),
+        "first_ts" => agg.senders.iter().map(|s| s.first_ts).collect::<Vec<_>>(),
+        "last_ts" => agg.senders.iter().map(|s| s.last_ts).collect::<Vec<_>>(),
+    )
+    .and_then(|df| {
+        df.lazy()
+            .with_columns([
+                col("first_ts").cast(ts_type.clone()),
+                col("last_ts").cast(ts_type.clone()),
+            ])
+            .collect()
+    })
+    .map_err(|e| polars_err("senders table", e))?;
+    let mut rooms = df!(
+        "room" => agg.rooms.iter().map(|r| r.room.clone()).collect::<Vec<_>>(),
+        "messages" => agg.rooms.iter().map(|r| r.messages).collect::<Vec<_>>(),
+        "senders" => agg.rooms.iter().map(|r| r.senders).collect::<Vec<_>>(),
+        "busiest_hour" => agg.rooms.iter().map(|r| r.busiest_hour).collect::<Vec<_>>(),
+        "busiest_hour_messages" => agg.rooms.iter().map(|r| r.busiest_hour_messages).collect::<Vec<_>>(),
+    )
+    .map_err(|e| polars_err("rooms table", e))?;
+    let mut h_room: Vec<Option<String>> = Vec::new();
+    let mut h_hour: Vec<u32> = Vec::new();
+    let mut h_n: Vec<u64> = Vec::new();
+    for (h, n) in agg.hourly.iter().enumerate() {
+        h_room.push(None);
+        h_hour.push(h as u32);
+        h_n.push(*n);
+    }
+    for (room, counts) in &agg.hourly_by_room {
+        for (h, n) in counts.iter().enumerate() {
+            h_room.push(Some(room.clone()));
+            h_hour.push(h as u32);
+            h_n.push(*n);
+        }
+    }
+    let mut hourly = df!("room" => h_room, "hour" => h_hour, "messages" => h_n)
+        .map_err(|e| polars_err("hourly table", e))?;
+    let mut words = df!(
+        "word" => agg.words.iter().map(|w| w.0.clone()).collect::<Vec<_>>(),
+        "count" => agg.words.iter().map(|w| w.1).collect::<Vec<_>>(),
+    )
+    .map_err(|e| polars_err("words table", e))?;
+    for (name, df) in [
+        ("senders.parquet", &mut senders),
+        ("rooms.parquet", &mut rooms),
+        ("hourly.parquet", &mut hourly),
+        ("words.parquet", &mut words),
+    ] {
+        let path = dir.join(name);
+        let f = File::create(&path).map_err(|e| Error::cant_create(&path, e))?;
+        ParquetWriter::new(f)
+            .with_compression(ParquetCompression::Zstd(None))
+            .finish(df)
+            .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("cannot sync", &path, e))?;
+    }
+    let summary = summary_json(agg, top);
+    let text = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::stage::extract::write_synced(&dir.join("summary.json"), &text)?;
+    fsync_path(dir).map_err(|e| Error::io("cannot sync", dir, e))?;
+    Ok(())
+}
+
+fn iso(micros: Option<i64>) -> Option<String> {
+    micros
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+}
+
+/// summary.json: everything, the top lists cut to `top`.
+pub fn summary_json(agg: &Aggregates, top: usize) -> serde_json::Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "dates": agg.dates,
+        "missing_dates": agg.missing_dates,
+        "tz": agg.tz,
+        "include_system": agg.include_system,
+        "messages": agg.messages,
+        "senders": agg.senders.len(),
+        "rooms": agg.rooms.len(),
+        "top_senders": agg.senders.iter().take(top).map(|s| json!({
+            "sender_id": s.sender_id,
+            "messages": s.messages,
+            "characters": s.characters,
+            "rooms": s.rooms,
+            "first": iso(s.first_ts),
+            "last": iso(s.last_ts),
+        })).collect::<Vec<_>>(),
+        "busiest_rooms": agg.rooms.iter().take(top).collect::<Vec<_>>(),
+        "hourly": agg.hourly,
+        "hourly_by_room": agg.hourly_by_room,
+        "top_words": agg.words.iter().take(top).map(|(w, n)| json!({"word": w, "count": n})).collect::<Vec<_>>(),
+    })
+}
+
+/// Terminal width of a string (Hangul and most emoji take two columns).
+fn width(s: &str) -> usize {
+    s.chars()
+        .map(|c| {
+            let u = c as u32;
+            if (0x1100..=0x115F).contains(&u)
+                || (0x2E80..=0xA4CF).contains(&u)
+                || (0xAC00..=0xD7A3).contains(&u)
+                || (0xF900..=0xFAFF).contains(&u)
+                || (0xFE30..=0xFE4F).contains(&u)
+                || (0xFF00..=0xFF60).contains(&u)
+                || (0x1F300..=0x1FAFF).contains(&u)
+            {
+                2
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+fn pad(s: &str, w: usize) -> String {
+    format!("{s}{}", " ".repeat(w.saturating_sub(width(s))))
+}
+
+fn outcome(agg: &Aggregates, opts: &AggregateOptions, dest: &Path, seconds: f64) -> Outcome {
+    let mut human = String::new();
+    let span = if opts.from == opts.to {
+        opts.from.to_string()
+    } else {
+        format!("{}..{}", opts.from, opts.to)
+    };
+    human.push_str(&format!(
+        "{span}: {} messages from {} senders in {} rooms ({} date{}{}{})\n",
+        agg.messages,
+        agg.senders.len(),
+        agg.rooms.len(),
+        agg.dates.len(),
+        if agg.dates.len() == 1 { "" } else { "s" },
+        if agg.missing_dates.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; without complete output: {}",
+                agg.missing_dates
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        if agg.include_system {
+            "; system messages included"
+        } else {
+            ""
+        },
+    ));
+    let name = |s: &SenderRow| {
+        s.sender_id
+            .clone()
+            .unwrap_or_else(|| "(unknown)".to_string())
+    };
+    let top: Vec<&SenderRow> = agg.senders.iter().take(opts.top).collect();
+    let w = top
+        .iter()
+        .map(|s| width(&name(s)))
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    human.push_str(&format!(
+        "\n{}  {:>8}  {:>10}  {:>5}\n",
+        pad("sender", w),
+        "messages",
+        "characters",
+        "rooms"
+    ));
+    for s in &top {
+        human.push_str(&format!(
+            "{}  {:>8}  {:>10}  {:>5}\n",
+            pad(&name(s), w),
+            s.messages,
+            s.characters,
+            s.rooms
+        ));
+    }
+    let rooms: Vec<&RoomRow> = agg.rooms.iter().take(opts.top).collect();
+    let w = rooms
+        .iter()
+        .map(|r| width(&r.room))
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    human.push_str(&format!(
+        "\n{}  {:>8}  {:>7}  {:>12}\n",
+        pad("room", w),
+        "messages",
+        "senders",
+        "busiest hour"
+    ));
+    for r in &rooms {
+        human.push_str(&format!(
+            "{}  {:>8}  {:>7}  {:>12}\n",
+            pad(&r.room, w),
+            r.messages,
+            r.senders,
+            r.busiest_hour
+                .map(|h| format!("{h:02}:00"))
+                .unwrap_or_default()
+        ));
+    }
+    human.push_str(&format!("\nwritten to {}\n", dest.display()));
+    let mut json = summary_json(agg, opts.top);
+    json["stage"] = json!("aggregate");
+    json["status"] = json!("ok");
+    json["exit_code"] = json!(0);
+    json["dir"] = json!(dest.display().to_string());
+    json["duration_s"] = json!(seconds);
+    Outcome {
+        exit: ExitCode::Ok,
+        human,
+        json,
+    }
+}
+
+/// The aggregates directory of a committed single date, if any (for `run` and reports).
+pub fn committed_dir(layout: &Layout, date: NaiveDate) -> Option<PathBuf> {
+    let d = layout.aggregates_dir(date);
+    d.join("summary.json").is_file().then_some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_strip_punctuation_and_keep_hangul() {
+        let t: Vec<String> =
+            tokens("안녕하세요! 회의 시작할까요? Deploy, 'quoted' {json} 😀 ... a/b").collect();
+        assert_eq!(
+            t,
+            [
+                "안녕하세요",
+                "회의",
+                "시작할까요",
+                "deploy",
+                "quoted",
+                "json",
+                "a/b"
+            ]
+        );
+    }
+
+    #[test]
+    fn hours_are_in_the_zone_and_busiest_breaks_ties_early() {
+        let seoul: Tz = "Asia/Seoul".parse().unwrap();
+        // 2024-10-24T00:30:00Z is 09:30 in Seoul.
+        let t = chrono::DateTime::parse_from_rfc3339("2024-10-24T00:30:00Z")
+            .unwrap()
+            .timestamp_micros();
+        assert_eq!(hour_in(t, &seoul), Some(9));
+        assert_eq!(hour_in(t, &chrono_tz::UTC), Some(0));
+        let mut h = [0u64; 24];
+        h[3] = 5;
+        h[7] = 5;
+        assert_eq!(busiest(&h), (Some(3), 5));
+        assert_eq!(busiest(&[0; 24]), (None, 0));
+    }
+
+    #[test]
+    fn wide_characters_pad_by_columns() {
+        assert_eq!(width("하늘"), 4);
+        assert_eq!(pad("하늘", 6), "하늘  ");
+        assert_eq!(pad("ab", 4), "ab  ");
+    }
+}
