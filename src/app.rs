@@ -92,6 +92,20 @@ fn init_logging(settings: &Settings) {
         .try_init();
 }
 
+fn aggregate_options(a: crate::cli::AggregateArgs) -> Result<stage::aggregate::AggregateOptions> {
+    let (from, to) = match (a.date, a.from, a.to) {
+        (Some(d), _, _) => (d, d),
+        (None, Some(f), Some(t)) => (f, t),
+        _ => return Err(Error::Usage("give --date or both --from and --to".into())),
+    };
+    Ok(stage::aggregate::AggregateOptions {
+        from,
+        to,
+        top: a.top,
+        include_system: a.include_system,
+    })
+}
+
 fn dispatch(cli: Cli) -> Result<Outcome> {
     if std::env::var_os("CHATETL_DEBUG_PANIC").is_some() {
         panic!("CHATETL_DEBUG_PANIC is set");
@@ -120,20 +134,8 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
             };
             crate::pipeline::run(&settings, &opts)?
         }
-        Command::Aggregate(a) => {
-            let (from, to) = match (a.date, a.from, a.to) {
-                (Some(d), _, _) => (d, d),
-                (None, Some(f), Some(t)) => (f, t),
-                _ => return Err(Error::Usage("give --date or both --from and --to".into())),
-            };
-            let opts = stage::aggregate::AggregateOptions {
-                from,
-                to,
-                top: a.top,
-                include_system: a.include_system,
-            };
-            stage::aggregate::run(&settings, &opts)?
-        }
+        Command::Aggregate(a) => stage::aggregate::run(&settings, &aggregate_options(a)?)?,
+        Command::Report(a) => stage::report::run(&settings, &aggregate_options(a)?)?,
         Command::Config => Outcome {
             exit: ExitCode::Ok,
             human: settings.describe(),

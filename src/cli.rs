@@ -66,6 +66,9 @@ pub enum Command {
     /// Top senders, busiest rooms, hourly activity and words of a date or a range, from the
     /// committed Parquet dataset, as Parquet files and summary.json under out/aggregates/
     Aggregate(AggregateArgs),
+    /// One self-contained HTML page (inline SVG charts) of a date's or a range's aggregates,
+    /// under out/reports/
+    Report(AggregateArgs),
     /// Print the effective configuration and where each value came from.
     Config,
 }

@@ -92,11 +92,19 @@ impl Layout {
             .join(format!("{}.lock", Self::date_dir_name(date)))
     }
 
-    /// Every directory a date owns once committed (the staging area included).
+    /// Every path a date owns once committed (the staging area and its report included).
     pub fn owned_dirs(&self, date: NaiveDate) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = DATASETS.iter().map(|d| self.dataset_dir(d, date)).collect();
         v.push(self.staging_dir(date));
+        v.push(self.report_file(date));
         v
+    }
+
+    /// `<root>/reports/report_D.html`: the date's HTML report.
+    pub fn report_file(&self, date: NaiveDate) -> PathBuf {
+        self.root
+            .join("reports")
+            .join(format!("report_{}.html", date.format("%Y-%m-%d")))
     }
 
     /// Leftover temporary directories of interrupted runs for `date` (from any process).

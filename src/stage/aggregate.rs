@@ -95,40 +95,11 @@ pub struct Aggregates {
 
 /// Runs `aggregate` for a date or a range.
 pub fn run(settings: &Settings, opts: &AggregateOptions) -> Result<Outcome> {
-    if opts.from > opts.to {
-        return Err(Error::Usage(format!(
-            "--from {} is after --to {}",
-            opts.from, opts.to
-        )));
-    }
     crate::stage::clean_output::check_output_root(settings)?;
     let started = Instant::now();
     let layout = Layout::new(&settings.output_root);
     let single = opts.from == opts.to;
-    let mut dates = Vec::new();
-    let mut missing = Vec::new();
-    for d in opts.from.iter_days().take_while(|d| *d <= opts.to) {
-        if layout.messages_dir(d).join(SUCCESS_FILE).is_file() {
-            dates.push(d);
-        } else {
-            missing.push(d);
-        }
-    }
-    if dates.is_empty() {
-        return Err(Error::NoInput(if single {
-            format!(
-                "{}: no complete output to aggregate ({} is missing); run `chatetl run --date {}` first",
-                opts.from,
-                layout.messages_dir(opts.from).join(SUCCESS_FILE).display(),
-                opts.from
-            )
-        } else {
-            format!(
-                "{}..{}: no date in the range has complete output to aggregate",
-                opts.from, opts.to
-            )
-        }));
-    }
+    let (dates, missing) = complete_dates(&layout, opts.from, opts.to)?;
     let _lock = if single {
         Some(crate::lock::DateLock::acquire(
             &layout,
@@ -163,7 +134,39 @@ pub fn run(settings: &Settings, opts: &AggregateOptions) -> Result<Outcome> {
     Ok(outcome(&agg, opts, &dest, started.elapsed().as_secs_f64()))
 }
 
-fn stop_words() -> Vec<String> {
+/// The dates of `from..=to` with complete output, and those without. No complete date is an
+/// error (66): a single date says how to make it.
+pub fn complete_dates(
+    layout: &Layout,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<(Vec<NaiveDate>, Vec<NaiveDate>)> {
+    if from > to {
+        return Err(Error::Usage(format!("--from {from} is after --to {to}")));
+    }
+    let mut dates = Vec::new();
+    let mut missing = Vec::new();
+    for d in from.iter_days().take_while(|d| *d <= to) {
+        if layout.messages_dir(d).join(SUCCESS_FILE).is_file() {
+            dates.push(d);
+        } else {
+            missing.push(d);
+        }
+    }
+    if dates.is_empty() {
+        return Err(Error::NoInput(if from == to {
+            format!(
+                "{from}: no complete output ({} is missing); run `chatetl run --date {from}` first",
+                layout.messages_dir(from).join(SUCCESS_FILE).display(),
+            )
+        } else {
+            format!("{from}..{to}: no date in the range has complete output")
+        }));
+    }
+    Ok((dates, missing))
+}
+
+pub fn stop_words() -> Vec<String> {
     DEFAULT_STOP_WORDS.iter().map(|s| s.to_string()).collect()
 }
 

@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod check_log;
 pub mod clean_output;
 pub mod extract;
+pub mod report;
 pub mod write;
 
 /// What a stage reports when it did not fail.
