@@ -1,6 +1,7 @@
 //! `run`: the stages composed over one date or a range of dates.
 //!
-//! For each date, under that date's lock: check-log (no input → 99, skipped), extract, write.
+//! For each date, under that date's lock: check-log (no input → 99, skipped), extract, write,
+//! aggregate (`out/aggregates/date=D`).
 //! A date whose `_SUCCESS` manifest already lists exactly the current input files (path, size and
 //! sha256) is up to date and left alone unless `--force`. Dates run in order; the exit code is the
 //! worst of the dates' codes ([`ExitCode::worst`]); after a failed date the range stops unless
@@ -19,7 +20,7 @@ use crate::exit::ExitCode;
 use crate::input::Discovery;
 use crate::layout::Layout;
 use crate::lock::DateLock;
-use crate::stage::{Outcome, check_log, extract, write};
+use crate::stage::{Outcome, aggregate, check_log, extract, write};
 
 /// Options of `run`.
 #[derive(Debug, Clone)]
@@ -53,6 +54,8 @@ pub struct DateResult {
     pub files: usize,
     /// Where the output is.
     pub output: Option<String>,
+    /// Where the date's aggregates are.
+    pub aggregates: Option<String>,
     /// The error, when the date failed.
     pub error: Option<String>,
     /// Seconds spent.
@@ -93,6 +96,7 @@ pub fn run(settings: &Settings, opts: &RunOptions) -> Result<Outcome> {
                     rejected: 0,
                     files: 0,
                     output: None,
+                    aggregates: None,
                     error: Some(e.to_string()),
                     duration_s: started.elapsed().as_secs_f64(),
                 };
@@ -133,6 +137,15 @@ pub fn run(settings: &Settings, opts: &RunOptions) -> Result<Outcome> {
                 .unwrap_or_default()
         ));
     }
+    for r in &results {
+        if let (Some(out), Some(agg)) = (&r.output, &r.aggregates) {
+            human.push_str(&format!(
+                "{}: Parquet in {out}, aggregates in {agg}, rejected lines in {}\n",
+                r.date,
+                layout.rejects_dir(r.date).join("rejects.jsonl").display()
+            ));
+        }
+    }
     let json = json!({
         "command": "run",
         "status": exit.name(),
@@ -160,6 +173,7 @@ fn run_date(
         rejected: 0,
         files: found.files.len(),
         output: None,
+        aggregates: None,
         error: None,
         duration_s: 0.0,
     };
@@ -178,6 +192,10 @@ fn run_date(
         res.rows = m.rows;
         res.rejected = m.counts.rejected;
         res.output = Some(layout.messages_dir(date).display().to_string());
+        res.aggregates = Some(match aggregate::committed_dir(layout, date) {
+            Some(dir) => dir.display().to_string(),
+            None => aggregate_date(settings, layout, date)?,
+        });
         return Ok(res);
     }
     let summary = extract::extract(settings, layout, date)?
@@ -187,7 +205,20 @@ fn run_date(
     res.rows = manifest.rows;
     res.rejected = summary.totals.rejected;
     res.output = Some(layout.messages_dir(date).display().to_string());
+    res.aggregates = Some(aggregate_date(settings, layout, date)?);
     Ok(res)
+}
+
+/// Aggregates a date that has just been written (the caller holds its lock).
+fn aggregate_date(settings: &Settings, layout: &Layout, date: NaiveDate) -> Result<String> {
+    let opts = aggregate::AggregateOptions {
+        from: date,
+        to: date,
+        top: 10,
+        include_system: false,
+    };
+    let (_, dir) = aggregate::build(settings, layout, &opts, vec![date], Vec::new())?;
+    Ok(dir.display().to_string())
 }
 
 /// True when the manifest lists exactly the files found now, with the same sizes and hashes.

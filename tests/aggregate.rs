@@ -235,8 +235,19 @@ fn aggregates_of_sample_logs_match_duckdb_and_a_range_is_the_sum_of_its_parts() 
 fn system_messages_are_left_out_unless_asked() {
     let dir = sample_workspace();
     let w = dir.path();
-    ok(chatetl(w, &["run", "--date", "2024-10-24"]));
+    let o = ok(chatetl(w, &["--json", "run", "--date", "2024-10-24"]));
+    // `run` aggregates the date it wrote.
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["dates"][0]["aggregates"],
+        "out/aggregates/date=2024-10-24"
+    );
+    let by_run = fs::read(w.join("out/aggregates/date=2024-10-24/senders.parquet")).unwrap();
     let o = ok(chatetl(w, &["--json", "aggregate", "--date", "2024-10-24"]));
+    assert_eq!(
+        fs::read(w.join("out/aggregates/date=2024-10-24/senders.parquet")).unwrap(),
+        by_run
+    );
     let without: Value = serde_json::from_slice(&o.stdout).unwrap();
     let o = ok(chatetl(
         w,

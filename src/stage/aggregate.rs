@@ -98,9 +98,8 @@ pub fn run(settings: &Settings, opts: &AggregateOptions) -> Result<Outcome> {
     crate::stage::clean_output::check_output_root(settings)?;
     let started = Instant::now();
     let layout = Layout::new(&settings.output_root);
-    let single = opts.from == opts.to;
     let (dates, missing) = complete_dates(&layout, opts.from, opts.to)?;
-    let _lock = if single {
+    let _lock = if opts.from == opts.to {
         Some(crate::lock::DateLock::acquire(
             &layout,
             opts.from,
@@ -109,15 +108,28 @@ pub fn run(settings: &Settings, opts: &AggregateOptions) -> Result<Outcome> {
     } else {
         None
     };
+    let (agg, dest) = build(settings, &layout, opts, dates, missing)?;
+    Ok(outcome(&agg, opts, &dest, started.elapsed().as_secs_f64()))
+}
+
+/// Computes and commits the aggregates of `dates` (the complete dates of `opts`' range) into
+/// `aggregates/date=D` or `aggregates/range=D1_D2`. The caller holds the lock of a single date.
+pub fn build(
+    settings: &Settings,
+    layout: &Layout,
+    opts: &AggregateOptions,
+    dates: Vec<NaiveDate>,
+    missing: Vec<NaiveDate>,
+) -> Result<(Aggregates, PathBuf)> {
     let agg = compute(
-        &layout,
+        layout,
         &dates,
         missing,
         &settings.tz,
         opts.include_system,
         &stop_words(),
     )?;
-    let dest = if single {
+    let dest = if opts.from == opts.to {
         layout.aggregates_dir(opts.from)
     } else {
         layout
@@ -131,7 +143,7 @@ pub fn run(settings: &Settings, opts: &AggregateOptions) -> Result<Outcome> {
         let _ = crate::layout::remove_path(&tmp);
         return Err(e);
     }
-    Ok(outcome(&agg, opts, &dest, started.elapsed().as_secs_f64()))
+    Ok((agg, dest))
 }
 
 /// The dates of `from..=to` with complete output, and those without. No complete date is an
