@@ -1001,3 +1001,75 @@ fn one_line_json_array_with_bad_elements_counts_each_line_once() {
         "{rejects}"
     );
 }
+
+#[test]
+fn parallel_parsing_keeps_every_line_in_its_place() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in/room");
+    fs::create_dir_all(&input).unwrap();
+    // 20,000 lines (several parallel chunks' worth): every 7th blank, every 11th noise, every
+    // 13th broken; the others are records whose message names their own line number.
+    let mut text = String::new();
+    let (mut want_rejects, mut want_records) = (Vec::new(), 0);
+    for n in 1..=20_000u64 {
+        if n % 7 == 0 {
+            text.push_str("   \n");
+        } else if n % 11 == 0 {
+            text.push_str("[2024-10-24 10:00:00] INFO consumer polled {taskinstance.py:2330}\n");
+        } else if n % 13 == 0 {
+            text.push_str(&format!("{{'user': 'u', 'message': 'line {n}\n"));
+            want_rejects.push(n);
+        } else {
+            text.push_str(&format!(
+                "{{'user': 'u{}', 'message': 'line {n}', 'time': {}}}\n",
+                n % 50,
+                1_729_728_000 + n
+            ));
+            want_records += 1;
+        }
+    }
+    fs::write(input.join("chat_2024-10-24.log"), text).unwrap();
+    let (inp, out) = (dir.path().join("in"), dir.path().join("out"));
+    let o = run(
+        dir.path(),
+        &args(&inp, &out, &["--json", "extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_accounting(&v["summary"]);
+    assert_eq!(v["summary"]["totals"]["records"], want_records);
+    let rejects = fs::read_to_string(out.join("rejects/date=2024-10-24/rejects.jsonl")).unwrap();
+    let got: Vec<u64> = rejects
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["line"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(got, want_rejects);
+    let staged = out.join("_staging/date=2024-10-24/records.arrow");
+    let reader =
+        arrow_ipc::reader::FileReader::try_new(fs::File::open(staged).unwrap(), None).unwrap();
+    let mut rows = 0;
+    for b in reader {
+        let b = b.unwrap();
+        let msg = b
+            .column_by_name("message")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let line = b
+            .column_by_name("source_line")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone();
+        for i in 0..b.num_rows() {
+            assert_eq!(msg.value(i), format!("line {}", line.value(i)));
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, want_records);
+}

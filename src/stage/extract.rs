@@ -865,16 +865,30 @@ fn lines_mode<R: BufRead>(
     let mut data = Vec::with_capacity(CHUNK_BYTES + (64 << 10));
     let mut lines = Vec::new();
     let mut line_no = 0u64;
+    let mut outs: Vec<LineOut> = Vec::new();
     while chunker
         .next_chunk(r, &mut data, &mut lines)
         .map_err(LineErr::Io)?
     {
-        for l in &lines {
+        // Parse and normalise the chunk's lines on both cores (pure work, no shared state), then
+        // account and stage them here, in line order.
+        parse_chunk(
+            &sink.normalizer,
+            &sink.limits,
+            &data,
+            &lines,
+            line_no,
+            f,
+            &mut outs,
+        );
+        for (l, out) in lines.iter().zip(outs.drain(..)) {
             line_no += 1;
             stats.lines += 1;
             let line = &data[l.start..l.end];
-            if let Some(total) = l.too_long {
-                sink.reject(
+            match out {
+                LineOut::Blank => stats.blank += 1,
+                LineOut::Noise => stats.noise += 1,
+                LineOut::TooLong(total) => sink.reject(
                     stats,
                     line_no,
                     "line_too_long",
@@ -885,42 +899,95 @@ fn lines_mode<R: BufRead>(
                     ),
                     line,
                     Some(total),
-                )?;
-                continue;
+                )?,
+                LineOut::Reject(reason, detail) => {
+                    sink.reject(stats, line_no, reason, detail, line, None)?
+                }
+                LineOut::Record(record, drops) => {
+                    stats.record_lines += 1;
+                    stats.dropped.add(&drops);
+                    sink.stage(stats, *record)?;
+                }
             }
-            process_line(sink, stats, line, line_no, f)?;
         }
     }
     Ok(())
 }
 
-/// Classifies and, when it holds a record, parses one line.
-fn process_line(
-    sink: &mut Sink,
-    stats: &mut FileStats,
+/// What one line turned out to be, decided off the main thread.
+enum LineOut {
+    Blank,
+    Noise,
+    TooLong(u64),
+    Reject(&'static str, String),
+    Record(Box<Record>, Drops),
+}
+
+/// Lines per parallel task below which a chunk is parsed on the calling thread alone.
+const PARALLEL_MIN_LINES: usize = 256;
+
+/// Classifies and parses the chunk's `lines` into `outs` (same order), on two threads when the
+/// chunk is big enough. `first_line_no` is the number of lines before the chunk.
+fn parse_chunk(
+    normalizer: &Normalizer,
+    limits: &Limits,
+    data: &[u8],
+    lines: &[LineRef],
+    first_line_no: u64,
+    f: &InputFile,
+    outs: &mut Vec<LineOut>,
+) {
+    let parse = |range: std::ops::Range<usize>, out: &mut Vec<LineOut>| {
+        for i in range {
+            let l = &lines[i];
+            out.push(match l.too_long {
+                Some(total) => LineOut::TooLong(total),
+                None => classify_line(
+                    normalizer,
+                    limits,
+                    &data[l.start..l.end],
+                    first_line_no + i as u64 + 1,
+                    f,
+                ),
+            });
+        }
+    };
+    outs.clear();
+    let n = lines.len();
+    if n < 2 * PARALLEL_MIN_LINES {
+        parse(0..n, outs);
+        return;
+    }
+    let mid = n / 2;
+    let mut second = Vec::with_capacity(n - mid);
+    std::thread::scope(|scope| {
+        scope.spawn(|| parse(mid..n, &mut second));
+        parse(0..mid, outs);
+    });
+    outs.append(&mut second);
+}
+
+/// Classifies one line and, when it holds a record, parses and normalises it.
+fn classify_line(
+    normalizer: &Normalizer,
+    limits: &Limits,
     line: &[u8],
     line_no: u64,
     f: &InputFile,
-) -> Result<()> {
+) -> LineOut {
     if line.trim_ascii().is_empty() {
-        stats.blank += 1;
-        return Ok(());
+        return LineOut::Blank;
     }
     let Some(start) = find_record_start(line) else {
-        stats.noise += 1;
-        return Ok(());
+        return LineOut::Noise;
     };
     let mut drops = Drops::default();
-    match literal::parse_dict(line, start, &sink.limits, &mut drops) {
+    match literal::parse_dict(line, start, limits, &mut drops) {
         Ok((entries, end)) => {
             if !line[end..].trim_ascii().is_empty() {
-                return sink.reject(
-                    stats,
-                    line_no,
+                return LineOut::Reject(
                     "trailing_garbage",
                     format!("unexpected text after the record at byte {end}"),
-                    line,
-                    None,
                 );
             }
             let origin = Origin {
@@ -929,13 +996,12 @@ fn process_line(
                 line: line_no,
                 prefix_offset: prefix_offset(&line[..start]),
             };
-            if sink.record(stats, entries, origin, line)? {
-                stats.record_lines += 1;
-                stats.dropped.add(&drops);
+            match normalizer.normalize(entries, &origin) {
+                Ok(r) => LineOut::Record(Box::new(r), drops),
+                Err(rej) => LineOut::Reject(rej.code(), rej.text().into()),
             }
-            Ok(())
         }
-        Err(e) => sink.reject(stats, line_no, e.kind.code(), e.to_string(), line, None),
+        Err(e) => LineOut::Reject(e.kind.code(), e.to_string()),
     }
 }
 
