@@ -99,6 +99,7 @@ struct FileConfig {
     max_reject_ratio: Option<f64>,
     memory_budget_mb: Option<u64>,
     system_senders: Option<Vec<String>>,
+    stop_words: Option<Vec<String>>,
     fields: Option<FieldAliases>,
 }
 
@@ -122,6 +123,8 @@ pub struct Settings {
     pub memory_budget_mb: u64,
     /// Sender IDs whose records are system messages.
     pub system_senders: Vec<String>,
+    /// Words left out of the aggregates' word counts (compared lower-cased).
+    pub stop_words: Vec<String>,
     /// Field-name aliases.
     pub fields: FieldAliases,
     /// The config file that was read, if any.
@@ -253,6 +256,22 @@ impl Settings {
             file.system_senders,
             default_system_senders()
         );
+        let stop_words = pick!(
+            "stop_words",
+            None,
+            "CHATETL_STOP_WORDS",
+            |s: &str| Ok::<_, String>(
+                s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            ),
+            file.stop_words,
+            crate::stage::aggregate::DEFAULT_STOP_WORDS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        );
         let fields = match file.fields {
             Some(f) => {
                 sources.insert("fields", Source::File);
@@ -273,6 +292,7 @@ impl Settings {
             max_reject_ratio,
             memory_budget_mb,
             system_senders,
+            stop_words: stop_words.into_iter().map(|w| w.to_lowercase()).collect(),
             fields,
             config_file,
             json: args.json,
@@ -535,6 +555,18 @@ mod tests {
     fn tz_from_tz_variable() {
         let s = load(GlobalArgs::default(), &[("TZ", ":Europe/Paris")]).unwrap();
         assert_eq!(s.tz, chrono_tz::Europe::Paris);
+    }
+
+    #[test]
+    fn stop_words_come_from_the_environment_lower_cased() {
+        let s = load(
+            GlobalArgs::default(),
+            &[("CHATETL_STOP_WORDS", "Foo, 오늘 ,")],
+        )
+        .unwrap();
+        assert_eq!(s.stop_words, ["foo", "오늘"]);
+        let d = load(GlobalArgs::default(), &[]).unwrap();
+        assert!(d.stop_words.contains(&"the".to_string()));
     }
 
     #[test]

@@ -273,6 +273,40 @@ fn system_messages_are_left_out_unless_asked() {
 }
 
 #[test]
+fn stop_words_are_configurable() {
+    let dir = sample_workspace();
+    let w = dir.path();
+    ok(chatetl(w, &["run", "--date", "2024-10-24"]));
+    let words = |v: &Value| -> Vec<String> {
+        v["top_words"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["word"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let o = ok(chatetl(
+        w,
+        &["--json", "aggregate", "--date", "2024-10-24", "--top", "50"],
+    ));
+    let default: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(words(&default).contains(&"오늘".to_string()));
+    assert!(!words(&default).contains(&"the".to_string()));
+    fs::write(
+        w.join("chatetl.toml"),
+        "stop_words = [\"오늘\", \"User\"]\n",
+    )
+    .unwrap();
+    let o = ok(chatetl(
+        w,
+        &["--json", "aggregate", "--date", "2024-10-24", "--top", "50"],
+    ));
+    let custom: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!words(&custom).contains(&"오늘".to_string()));
+    assert!(!words(&custom).contains(&"user".to_string()));
+}
+
+#[test]
 fn dates_without_complete_output_exit_66() {
     let dir = sample_workspace();
     let w = dir.path();

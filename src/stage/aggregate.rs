@@ -127,7 +127,7 @@ pub fn build(
         missing,
         &settings.tz,
         opts.include_system,
-        &stop_words(),
+        &settings.stop_words,
     )?;
     let dest = if opts.from == opts.to {
         layout.aggregates_dir(opts.from)
@@ -176,10 +176,6 @@ pub fn complete_dates(
         }));
     }
     Ok((dates, missing))
-}
-
-pub fn stop_words() -> Vec<String> {
-    DEFAULT_STOP_WORDS.iter().map(|s| s.to_string()).collect()
 }
 
 fn polars_err(what: &str, e: PolarsError) -> Error {

@@ -28,7 +28,7 @@ pub fn run(settings: &Settings, opts: &AggregateOptions) -> Result<Outcome> {
         missing,
         &settings.tz,
         opts.include_system,
-        &aggregate::stop_words(),
+        &settings.stop_words,
     )?;
     let span = if opts.from == opts.to {
         opts.from.to_string()
