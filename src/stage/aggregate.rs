@@ -12,12 +12,12 @@
 //! - `summary.json`: all of it together, plus the dates used and those without complete output.
 //!
 //! System messages (configured system senders) are left out unless `--include-system`.
-//! Group-bys (messages, distinct rooms or senders, first and last time) run in Polars; the text
-//! and clock measures (characters, words, hours in the zone) are computed in one pass over the
-//! collected columns.
+//! Each sender partition is scanned by Polars and grouped by room there; the text and clock
+//! measures (characters, words, hours in the zone) are added in one pass over its rows, so memory
+//! is bounded by the largest sender's day.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -182,8 +182,9 @@ fn polars_err(what: &str, e: PolarsError) -> Error {
     Error::Data(format!("{what}: {e}"))
 }
 
-/// A lazy scan of one complete date, with the Hive columns declared as strings.
-fn scan_date(layout: &Layout, date: NaiveDate) -> Result<LazyFrame> {
+/// A lazy scan of one sender partition of a complete date, with the Hive columns declared as
+/// strings (so `007` stays `007` and the null partition reads as null).
+fn scan_partition(dir: &Path) -> Result<LazyFrame> {
     let hive_schema = Schema::from_iter([
         Field::new("date".into(), DataType::String),
         Field::new("sender_id".into(), DataType::String),
@@ -197,12 +198,39 @@ fn scan_date(layout: &Layout, date: NaiveDate) -> Result<LazyFrame> {
         },
         ..Default::default()
     };
-    let glob = format!("{}/**/*.parquet", layout.messages_dir(date).display());
+    let glob = format!("{}/*.parquet", dir.display());
     LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), args)
         .map_err(|e| polars_err(&format!("cannot scan {glob}"), e))
 }
 
+/// The sender partitions of a date, in name order.
+fn partitions(layout: &Layout, date: NaiveDate) -> Result<Vec<PathBuf>> {
+    let dir = layout.messages_dir(date);
+    let mut v = Vec::new();
+    for e in fs::read_dir(&dir).map_err(|e| Error::io("cannot list", &dir, e))? {
+        let e = e.map_err(|e| Error::io("cannot list", &dir, e))?;
+        if e.file_name().to_string_lossy().starts_with("sender_id=") {
+            v.push(e.path());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+#[derive(Default)]
+struct SenderAcc {
+    messages: u64,
+    characters: u64,
+    rooms: std::collections::BTreeSet<String>,
+    first: Option<i64>,
+    last: Option<i64>,
+}
+
 /// Computes every aggregate over the complete `dates`.
+///
+/// One sender partition at a time (memory is bounded by the largest sender's day, not by the
+/// whole dataset): Polars scans the partition and groups it by room (messages, first and last
+/// time); one pass over its rows adds characters, hours in `tz` and words.
 pub fn compute(
     layout: &Layout,
     dates: &[NaiveDate],
@@ -211,120 +239,123 @@ pub fn compute(
     include_system: bool,
     stop_words: &[String],
 ) -> Result<Aggregates> {
-    let scans = dates
-        .iter()
-        .map(|d| scan_date(layout, *d))
-        .collect::<Result<Vec<_>>>()?;
-    let mut lf = concat(scans, UnionArgs::default()).map_err(|e| polars_err("concat", e))?;
-    if !include_system {
-        lf = lf.filter(col("kind").eq(lit("message")));
-    }
-    let lf = lf.select([col("sender_id"), col("room"), col("ts"), col("message")]);
-
-    // Group-bys in Polars.
-    let by_sender = lf
-        .clone()
-        .group_by([col("sender_id")])
-        .agg([
-            len().alias("messages"),
-            col("room").n_unique().alias("rooms"),
-            col("ts").min().cast(DataType::Int64).alias("first_ts"),
-            col("ts").max().cast(DataType::Int64).alias("last_ts"),
-        ])
-        .collect()
-        .map_err(|e| polars_err("sender aggregates", e))?;
-    let by_room = lf
-        .clone()
-        .group_by([col("room")])
-        .agg([
-            len().alias("messages"),
-            col("sender_id").n_unique().alias("senders"),
-        ])
-        .collect()
-        .map_err(|e| polars_err("room aggregates", e))?;
-
-    // Text and clock measures in one pass over the columns.
-    let rows = lf
-        .with_column(col("ts").cast(DataType::Int64))
-        .collect()
-        .map_err(|e| polars_err("messages", e))?;
-    let sender = str_col(&rows, "sender_id")?;
-    let room = str_col(&rows, "room")?;
-    let message = str_col(&rows, "message")?;
-    let ts = rows
-        .column("ts")
-        .and_then(|c| c.i64().cloned())
-        .map_err(|e| polars_err("ts column", e))?;
     let stops: std::collections::HashSet<&str> = stop_words.iter().map(String::as_str).collect();
-    let mut chars: HashMap<Option<&str>, u64> = HashMap::new();
+    let mut senders: HashMap<Option<String>, SenderAcc> = HashMap::new();
+    let mut room_messages: HashMap<String, u64> = HashMap::new();
+    let mut room_senders: HashMap<String, std::collections::HashSet<Option<String>>> =
+        HashMap::new();
     let mut hourly = [0u64; 24];
     let mut hourly_by_room: BTreeMap<String, [u64; 24]> = BTreeMap::new();
     let mut words: HashMap<String, u64> = HashMap::new();
-    for i in 0..rows.height() {
-        let text = message.get(i).unwrap_or("");
-        *chars.entry(sender.get(i)).or_default() += text.chars().count() as u64;
-        if let Some(t) = ts.get(i)
-            && let Some(h) = hour_in(t, tz)
-        {
-            hourly[h] += 1;
-            hourly_by_room
-                .entry(room.get(i).unwrap_or("").to_string())
-                .or_insert([0; 24])[h] += 1;
-        }
-        for w in tokens(text) {
-            if !stops.contains(w.as_str()) {
-                *words.entry(w).or_default() += 1;
+    let mut total = 0u64;
+    for date in dates {
+        for part in partitions(layout, *date)? {
+            let mut lf = scan_partition(&part)?;
+            if !include_system {
+                lf = lf.filter(col("kind").eq(lit("message")));
+            }
+            let rows = lf
+                .select([
+                    col("sender_id"),
+                    col("room"),
+                    col("ts").cast(DataType::Int64),
+                    col("message"),
+                ])
+                .collect()
+                .map_err(|e| polars_err(&format!("{}", part.display()), e))?;
+            if rows.height() == 0 {
+                continue;
+            }
+            total += rows.height() as u64;
+            let sender = str_col(&rows, "sender_id")?.get(0).map(str::to_string);
+            let by_room = rows
+                .clone()
+                .lazy()
+                .group_by([col("room")])
+                .agg([
+                    len().alias("messages"),
+                    col("ts").min().alias("first_ts"),
+                    col("ts").max().alias("last_ts"),
+                ])
+                .collect()
+                .map_err(|e| polars_err("room groups", e))?;
+            let acc = senders.entry(sender.clone()).or_default();
+            {
+                let room = str_col(&by_room, "room")?;
+                let n = u64_col(&by_room, "messages")?;
+                let first = i64_col(&by_room, "first_ts")?;
+                let last = i64_col(&by_room, "last_ts")?;
+                for i in 0..by_room.height() {
+                    let r = room.get(i).unwrap_or("").to_string();
+                    acc.messages += n[i];
+                    acc.first = min_opt(acc.first, first[i]);
+                    acc.last = acc.last.max(last[i]);
+                    *room_messages.entry(r.clone()).or_default() += n[i];
+                    room_senders
+                        .entry(r.clone())
+                        .or_default()
+                        .insert(sender.clone());
+                    acc.rooms.insert(r);
+                }
+            }
+            let room = str_col(&rows, "room")?;
+            let message = str_col(&rows, "message")?;
+            let ts = rows
+                .column("ts")
+                .and_then(|c| c.i64().cloned())
+                .map_err(|e| polars_err("ts column", e))?;
+            for i in 0..rows.height() {
+                let text = message.get(i).unwrap_or("");
+                acc.characters += text.chars().count() as u64;
+                if let Some(t) = ts.get(i)
+                    && let Some(h) = hour_in(t, tz)
+                {
+                    hourly[h] += 1;
+                    hourly_by_room
+                        .entry(room.get(i).unwrap_or("").to_string())
+                        .or_insert([0; 24])[h] += 1;
+                }
+                for w in tokens(text) {
+                    if !stops.contains(w.as_str()) {
+                        *words.entry(w).or_default() += 1;
+                    }
+                }
             }
         }
     }
-
-    let mut senders = Vec::with_capacity(by_sender.height());
-    {
-        let id = str_col(&by_sender, "sender_id")?;
-        let n = u64_col(&by_sender, "messages")?;
-        let rooms = u64_col(&by_sender, "rooms")?;
-        let first = i64_col(&by_sender, "first_ts")?;
-        let last = i64_col(&by_sender, "last_ts")?;
-        for i in 0..by_sender.height() {
-            let sid = id.get(i);
-            senders.push(SenderRow {
-                sender_id: sid.map(str::to_string),
-                messages: n[i],
-                characters: chars.get(&sid).copied().unwrap_or(0),
-                rooms: rooms[i],
-                first_ts: first[i],
-                last_ts: last[i],
-            });
-        }
-    }
+    let mut senders: Vec<SenderRow> = senders
+        .into_iter()
+        .map(|(sender_id, a)| SenderRow {
+            sender_id,
+            messages: a.messages,
+            characters: a.characters,
+            rooms: a.rooms.len() as u64,
+            first_ts: a.first,
+            last_ts: a.last,
+        })
+        .collect();
     senders.sort_by(|a, b| {
         b.messages
             .cmp(&a.messages)
             .then_with(|| a.sender_id.cmp(&b.sender_id))
     });
-    let mut rooms = Vec::with_capacity(by_room.height());
-    {
-        let name = str_col(&by_room, "room")?;
-        let n = u64_col(&by_room, "messages")?;
-        let s = u64_col(&by_room, "senders")?;
-        for i in 0..by_room.height() {
-            let room = name.get(i).unwrap_or("").to_string();
-            let (busiest_hour, busiest_hour_messages) =
-                hourly_by_room.get(&room).map(busiest).unwrap_or((None, 0));
-            rooms.push(RoomRow {
+    let mut rooms: Vec<RoomRow> = room_messages
+        .into_iter()
+        .map(|(room, messages)| {
+            let (busiest_hour, busiest_hour_messages) = hourly_by_room
+                .get(&room)
+                .map(busiest)
+                .unwrap_or((None, 0));
+            RoomRow {
+                senders: room_senders.get(&room).map_or(0, |s| s.len() as u64),
                 room,
-                messages: n[i],
-                senders: s[i],
+                messages,
                 busiest_hour,
                 busiest_hour_messages,
-            });
-        }
-    }
-    rooms.sort_by(|a, b| {
-        b.messages
-            .cmp(&a.messages)
-            .then_with(|| a.room.cmp(&b.room))
-    });
+            }
+        })
+        .collect();
+    rooms.sort_by(|a, b| b.messages.cmp(&a.messages).then_with(|| a.room.cmp(&b.room)));
     let mut words: Vec<(String, u64)> = words.into_iter().collect();
     words.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     words.truncate(WORDS_KEPT);
@@ -333,13 +364,21 @@ pub fn compute(
         missing_dates,
         tz: tz.name().to_string(),
         include_system,
-        messages: rows.height() as u64,
+        messages: total,
         senders,
         rooms,
         hourly,
         hourly_by_room,
         words,
     })
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
 }
 
 fn str_col<'a>(df: &'a DataFrame, name: &str) -> Result<&'a StringChunked> {
