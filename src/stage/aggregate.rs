@@ -342,10 +342,8 @@ pub fn compute(
     let mut rooms: Vec<RoomRow> = room_messages
         .into_iter()
         .map(|(room, messages)| {
-            let (busiest_hour, busiest_hour_messages) = hourly_by_room
-                .get(&room)
-                .map(busiest)
-                .unwrap_or((None, 0));
+            let (busiest_hour, busiest_hour_messages) =
+                hourly_by_room.get(&room).map(busiest).unwrap_or((None, 0));
             RoomRow {
                 senders: room_senders.get(&room).map_or(0, |s| s.len() as u64),
                 room,
@@ -355,7 +353,11 @@ pub fn compute(
             }
         })
         .collect();
-    rooms.sort_by(|a, b| b.messages.cmp(&a.messages).then_with(|| a.room.cmp(&b.room)));
+    rooms.sort_by(|a, b| {
+        b.messages
+            .cmp(&a.messages)
+            .then_with(|| a.room.cmp(&b.room))
+    });
     let mut words: Vec<(String, u64)> = words.into_iter().collect();
     words.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     words.truncate(WORDS_KEPT);
