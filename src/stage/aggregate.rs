@@ -121,14 +121,7 @@ pub fn build(
     dates: Vec<NaiveDate>,
     missing: Vec<NaiveDate>,
 ) -> Result<(Aggregates, PathBuf)> {
-    let agg = compute(
-        layout,
-        &dates,
-        missing,
-        &settings.tz,
-        opts.include_system,
-        &settings.stop_words,
-    )?;
+    let agg = compute(settings, layout, &dates, missing, opts.include_system)?;
     let dest = if opts.from == opts.to {
         layout.aggregates_dir(opts.from)
     } else {
@@ -232,14 +225,15 @@ struct SenderAcc {
 /// whole dataset): Polars scans the partition and groups it by room (messages, first and last
 /// time); one pass over its rows adds characters, hours in `tz` and words.
 pub fn compute(
+    settings: &Settings,
     layout: &Layout,
     dates: &[NaiveDate],
     missing_dates: Vec<NaiveDate>,
-    tz: &Tz,
     include_system: bool,
-    stop_words: &[String],
 ) -> Result<Aggregates> {
-    let stops: std::collections::HashSet<&str> = stop_words.iter().map(String::as_str).collect();
+    let tz = &settings.tz;
+    let stops: std::collections::HashSet<&str> =
+        settings.stop_words.iter().map(String::as_str).collect();
     let mut senders: HashMap<Option<String>, SenderAcc> = HashMap::new();
     let mut room_messages: HashMap<String, u64> = HashMap::new();
     let mut room_senders: HashMap<String, std::collections::HashSet<Option<String>>> =

@@ -22,14 +22,7 @@ pub fn run(settings: &Settings, opts: &AggregateOptions) -> Result<Outcome> {
     let started = Instant::now();
     let layout = Layout::new(&settings.output_root);
     let (dates, missing) = aggregate::complete_dates(&layout, opts.from, opts.to)?;
-    let agg = aggregate::compute(
-        &layout,
-        &dates,
-        missing,
-        &settings.tz,
-        opts.include_system,
-        &settings.stop_words,
-    )?;
+    let agg = aggregate::compute(settings, &layout, &dates, missing, opts.include_system)?;
     let span = if opts.from == opts.to {
         opts.from.to_string()
     } else {
