@@ -10,10 +10,14 @@ use clap::error::ErrorKind;
 use serde_json::json;
 
 use crate::cli::{Cli, Command};
-use crate::config::Settings;
+use chrono::NaiveDate;
+
+use crate::config::{KafkaFlags, Settings};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
+use crate::layout::Layout;
 use crate::stage::{self, Outcome};
+use crate::status;
 
 /// Runs chatetl with these arguments and returns the exit code. Never panics.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
@@ -106,20 +110,79 @@ fn aggregate_options(a: crate::cli::AggregateArgs) -> Result<stage::aggregate::A
     })
 }
 
+fn kafka_flags(k: &crate::cli::KafkaArgs, topic: Option<String>) -> KafkaFlags {
+    KafkaFlags {
+        brokers: k.brokers.clone(),
+        topic,
+        timeout_s: k.timeout,
+    }
+}
+
+/// Runs a one-date stage and records how it started and ended in the date's status file
+/// (`out/status/date=D.json`, read by `notify --status auto`). Nothing is recorded when the output
+/// root is refused, or when the stage was turned away by another process's lock on the date.
+fn recorded(
+    settings: &Settings,
+    date: NaiveDate,
+    stage: &str,
+    f: impl FnOnce() -> Result<Outcome>,
+) -> Result<Outcome> {
+    if stage::clean_output::check_output_root(settings).is_err() {
+        return f();
+    }
+    let layout = Layout::new(&settings.output_root);
+    let started = status::begin(&layout, date, stage);
+    let result = f();
+    match &result {
+        Ok(o) => status::finish(&layout, date, stage, started, o.exit, None),
+        Err(Error::Locked(_)) => {}
+        Err(e) => status::finish(
+            &layout,
+            date,
+            stage,
+            started,
+            e.exit_code(),
+            Some(e.to_string()),
+        ),
+    }
+    result
+}
+
 fn dispatch(cli: Cli) -> Result<Outcome> {
     if std::env::var_os("CHATETL_DEBUG_PANIC").is_some() {
         panic!("CHATETL_DEBUG_PANIC is set");
     }
     let settings = Settings::load(&cli.global)?;
     init_logging(&settings);
+    let s = &settings;
     let outcome = match cli.command {
-        Command::CheckLog(a) => stage::check_log::run(&settings, a.date.date, a.require)?,
-        Command::CleanOutput(a) => stage::clean_output::run(&settings, a.date.date, a.dry_run)?,
+        Command::CheckLog(a) => recorded(s, a.date.date, "check-log", || {
+            stage::check_log::run(s, a.date.date, a.require)
+        })?,
+        Command::CleanOutput(a) => stage::clean_output::run(s, a.date.date, a.dry_run)?,
         Command::Extract(a) => {
-            let settings = settings.clone().with_max_reject_ratio(a.max_reject_ratio)?;
-            stage::extract::run(&settings, a.date.date)?
+            let settings = settings
+                .clone()
+                .with_max_reject_ratio(a.max_reject_ratio)?
+                .with_kafka_flags(&kafka_flags(&a.kafka, None))?;
+            recorded(&settings, a.date.date, "extract", || match &a.from_kafka {
+                Some(topic) => stage::extract::run_kafka(&settings, a.date.date, topic),
+                None => stage::extract::run(&settings, a.date.date),
+            })?
         }
-        Command::Write(a) => stage::write::run(&settings, a.date)?,
+        Command::Write(a) => recorded(s, a.date, "write", || stage::write::run(s, a.date))?,
+        Command::Notify(a) => {
+            let settings = settings
+                .clone()
+                .with_kafka_flags(&kafka_flags(&a.kafka, a.topic))?;
+            let opts = stage::notify::NotifyOptions {
+                date: a.date.date,
+                status: a.status,
+                message: a.message,
+                dry_run: a.dry_run,
+            };
+            stage::notify::run(&settings, &opts)?
+        }
         Command::Run(a) => {
             let (from, to) = match (a.date, a.from, a.to) {
                 (Some(d), _, _) => (d, d),
@@ -131,10 +194,23 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
                 to,
                 force: a.force,
                 continue_on_error: a.continue_on_error,
+                notify: !a.no_notify,
             };
+            let settings = settings
+                .clone()
+                .with_kafka_flags(&kafka_flags(&a.kafka, a.topic))?;
             crate::pipeline::run(&settings, &opts)?
         }
-        Command::Aggregate(a) => stage::aggregate::run(&settings, &aggregate_options(a)?)?,
+        Command::Aggregate(a) => {
+            let opts = aggregate_options(a)?;
+            if opts.from == opts.to {
+                recorded(s, opts.from, "aggregate", || {
+                    stage::aggregate::run(s, &opts)
+                })?
+            } else {
+                stage::aggregate::run(s, &opts)?
+            }
+        }
         Command::Report(a) => stage::report::run(&settings, &aggregate_options(a)?)?,
         Command::Config => Outcome {
             exit: ExitCode::Ok,

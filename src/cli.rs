@@ -61,7 +61,7 @@ pub enum Command {
     Extract(ExtractArgs),
     /// Write a date's staged records as Hive-partitioned Parquet, committed atomically.
     Write(DateArg),
-    /// Run check-log, extract and write for a date or a range of dates.
+    /// The whole pipeline for a date or a range: check-log, extract, write, aggregate, notify.
     Run(RunArgs),
     /// Top senders, busiest rooms, hourly activity and words of a date or a range, from the
     /// committed Parquet dataset, as Parquet files and summary.json under out/aggregates/
@@ -69,6 +69,9 @@ pub enum Command {
     /// One self-contained HTML page (inline SVG charts) of a date's or a range's aggregates,
     /// under out/reports/
     Report(AggregateArgs),
+    /// Post one message about a date's outcome to the chat room's Kafka topic (in the chat app's
+    /// own JSON shape); exit 0 once the broker confirmed it, 69 unreachable or refused, 75 timeout
+    Notify(NotifyArgs),
     /// Print the effective configuration and where each value came from.
     Config,
 }
@@ -112,6 +115,48 @@ pub struct ExtractArgs {
     /// Fail (65) when rejected lines exceed this share of the non-blank lines [default: 0.5].
     #[arg(long, value_name = "RATIO")]
     pub max_reject_ratio: Option<f64>,
+    /// Read the date's messages from this Kafka topic instead of log files (messages whose
+    /// timestamp falls on the date in --tz; room = the topic)
+    #[arg(long, value_name = "TOPIC")]
+    pub from_kafka: Option<String>,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Kafka connection flags.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, host:port[,host:port] [env: CHATETL_KAFKA_BROKERS]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: Option<String>,
+    /// Seconds to wait for the broker [default: 10] [env: CHATETL_KAFKA_TIMEOUT]
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+/// Arguments of `notify`.
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// The date the message is about.
+    #[command(flatten)]
+    pub date: DateArg,
+    /// The outcome to announce; `auto` reads it from out/status/date=D.json, which every stage
+    /// updates (for a scheduler task that runs whatever happened upstream)
+    #[arg(long, value_enum)]
+    pub status: crate::stage::notify::NotifyStatus,
+    /// Text to send instead of the generated summary
+    #[arg(long, value_name = "TEXT")]
+    pub message: Option<String>,
+    /// Print the message that would be sent and send nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Topic of the chat room [env: CHATETL_KAFKA_TOPIC]
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Option<String>,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 /// Arguments of `run`.
@@ -132,9 +177,18 @@ pub struct RunArgs {
     /// Keep processing the remaining dates after one fails.
     #[arg(long)]
     pub continue_on_error: bool,
+    /// Do not post success/failure/skipped notifications to Kafka.
+    #[arg(long)]
+    pub no_notify: bool,
+    /// Topic of the chat room for notifications [env: CHATETL_KAFKA_TOPIC]
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Option<String>,
+    /// Kafka connection.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
-/// Parses a strict `YYYY-MM-DD` calendar date.
+/// Arguments of `aggregate` and `report`.
 #[derive(Debug, Args)]
 pub struct AggregateArgs {
     /// The logical date to aggregate
@@ -154,6 +208,7 @@ pub struct AggregateArgs {
     pub include_system: bool,
 }
 
+/// Parses a strict `YYYY-MM-DD` calendar date.
 pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
     let ok_shape = s.len() == 10
         && s.bytes().enumerate().all(|(i, b)| {

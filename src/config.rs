@@ -101,6 +101,97 @@ struct FileConfig {
     system_senders: Option<Vec<String>>,
     stop_words: Option<Vec<String>>,
     fields: Option<FieldAliases>,
+    kafka: Option<KafkaFile>,
+}
+
+/// The `[kafka]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaFile {
+    brokers: Option<String>,
+    topic: Option<String>,
+    client_id: Option<String>,
+    timeout_s: Option<f64>,
+    sender: Option<String>,
+    time_lookup: Option<bool>,
+    keys: Option<MessageKeys>,
+    properties: Option<BTreeMap<String, toml::Value>>,
+}
+
+/// Key names of the chat app's message JSON, used for notifications.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessageKeys {
+    /// Key of the sender name.
+    pub sender: String,
+    /// Key of the text.
+    pub message: String,
+    /// Key of the time (epoch seconds).
+    pub time: String,
+    /// Key of the end-of-conversation flag.
+    pub end: String,
+}
+
+impl Default for MessageKeys {
+    fn default() -> Self {
+        MessageKeys {
+            sender: "sender".into(),
+            message: "message".into(),
+            time: "time".into(),
+            end: "end".into(),
+        }
+    }
+}
+
+/// Kafka settings for `notify` and `extract --from-kafka`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub brokers: Option<String>,
+    /// Topic notifications go to.
+    pub topic: Option<String>,
+    /// `client.id`.
+    pub client_id: String,
+    /// How long to wait for the broker, in seconds.
+    pub timeout_s: f64,
+    /// Sender name of notifications.
+    pub sender: String,
+    /// Find a day's first and last offsets with the broker's time look-up (ListOffsets); when
+    /// false, or when the look-up gives no usable offset, scan from the earliest offset.
+    pub time_lookup: bool,
+    /// Message key names.
+    pub keys: MessageKeys,
+    /// librdkafka properties passed through (SASL, SSL, ...). Values of keys that look secret
+    /// are masked by `chatetl config`.
+    #[serde(serialize_with = "ser_masked")]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn ser_masked<S: serde::Serializer>(
+    props: &BTreeMap<String, String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(props.len()))?;
+    for (k, v) in props {
+        let secret = ["password", "secret", "key", "token", "jaas"]
+            .iter()
+            .any(|w| k.to_lowercase().contains(w))
+            && !k.ends_with(".location");
+        m.serialize_entry(k, if secret { "********" } else { v.as_str() })?;
+    }
+    m.end()
+}
+
+/// Kafka values given on a command line.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaFlags {
+    /// `--brokers`.
+    pub brokers: Option<String>,
+    /// `--topic`.
+    pub topic: Option<String>,
+    /// `--timeout` in seconds.
+    pub timeout_s: Option<f64>,
 }
 
 /// Settings every stage trusts.
@@ -127,6 +218,8 @@ pub struct Settings {
     pub stop_words: Vec<String>,
     /// Field-name aliases.
     pub fields: FieldAliases,
+    /// Kafka (notify, extract --from-kafka).
+    pub kafka: KafkaSettings,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// JSON summary on stdout.
@@ -283,6 +376,66 @@ impl Settings {
             }
         };
 
+        let kf = file.kafka.unwrap_or_default();
+        let brokers = pick!(
+            "kafka.brokers",
+            None::<Option<String>>,
+            "CHATETL_KAFKA_BROKERS",
+            |s: &str| Ok::<_, String>(Some(s.to_string())),
+            kf.brokers.map(Some),
+            None
+        );
+        let topic = pick!(
+            "kafka.topic",
+            None::<Option<String>>,
+            "CHATETL_KAFKA_TOPIC",
+            |s: &str| Ok::<_, String>(Some(s.to_string())),
+            kf.topic.map(Some),
+            None
+        );
+        let client_id = pick!(
+            "kafka.client_id",
+            None,
+            "CHATETL_KAFKA_CLIENT_ID",
+            as_string,
+            kf.client_id,
+            "chatetl".to_string()
+        );
+        let timeout_s = pick!(
+            "kafka.timeout_s",
+            None,
+            "CHATETL_KAFKA_TIMEOUT",
+            |s: &str| s.parse::<f64>().map_err(|e| e.to_string()),
+            kf.timeout_s,
+            10.0
+        );
+        let mut properties = BTreeMap::new();
+        for (k, v) in kf.properties.unwrap_or_default() {
+            let v = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(Error::Config(format!(
+                        "kafka.properties.{k} must be a string, number or boolean, not {}",
+                        other.type_str()
+                    )));
+                }
+            };
+            properties.insert(k, v);
+        }
+        let kafka = KafkaSettings {
+            brokers,
+            topic,
+            client_id,
+            timeout_s,
+            sender: kf.sender.unwrap_or_else(|| "chatetl".into()),
+            time_lookup: kf.time_lookup.unwrap_or(true),
+            keys: kf.keys.unwrap_or_default(),
+            properties,
+        };
+
         let settings = Settings {
             input_root,
             output_root,
@@ -294,6 +447,7 @@ impl Settings {
             system_senders,
             stop_words: stop_words.into_iter().map(|w| w.to_lowercase()).collect(),
             fields,
+            kafka,
             config_file,
             json: args.json,
             verbosity: if args.quiet {
@@ -317,7 +471,47 @@ impl Settings {
         Ok(self)
     }
 
+    /// Overrides Kafka values from a stage's flags.
+    pub fn with_kafka_flags(mut self, flags: &KafkaFlags) -> Result<Settings> {
+        if let Some(b) = &flags.brokers {
+            self.kafka.brokers = Some(b.clone());
+            self.sources.insert("kafka.brokers", Source::Flag);
+        }
+        if let Some(t) = &flags.topic {
+            self.kafka.topic = Some(t.clone());
+            self.sources.insert("kafka.topic", Source::Flag);
+        }
+        if let Some(t) = flags.timeout_s {
+            self.kafka.timeout_s = t;
+            self.sources.insert("kafka.timeout_s", Source::Flag);
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
     fn validate(&self) -> Result<()> {
+        let k = &self.kafka;
+        if !(k.timeout_s.is_finite() && k.timeout_s > 0.0 && k.timeout_s <= 3600.0) {
+            return Err(Error::Config(format!(
+                "kafka timeout must be between 0 and 3600 seconds, got {}",
+                k.timeout_s
+            )));
+        }
+        for (name, v) in [
+            ("sender", &k.keys.sender),
+            ("message", &k.keys.message),
+            ("time", &k.keys.time),
+            ("end", &k.keys.end),
+        ] {
+            if v.is_empty() {
+                return Err(Error::Config(format!(
+                    "kafka.keys.{name} must not be empty"
+                )));
+            }
+        }
+        if k.brokers.as_deref().is_some_and(|b| b.trim().is_empty()) {
+            return Err(Error::Config("kafka brokers must not be empty".into()));
+        }
         if !(0.0..=1.0).contains(&self.max_reject_ratio) {
             return Err(Error::Config(format!(
                 "max_reject_ratio must be between 0 and 1, got {}",
@@ -359,12 +553,28 @@ impl Settings {
         let value = serde_json::to_value(self).expect("settings serialize");
         let mut out = String::new();
         if let serde_json::Value::Object(map) = value {
+            let mut entries = Vec::new();
             for (k, v) in map {
+                match v {
+                    serde_json::Value::Object(inner) if k == "kafka" => {
+                        entries.extend(inner.into_iter().map(|(ik, iv)| (format!("{k}.{ik}"), iv)))
+                    }
+                    v => entries.push((k, v)),
+                }
+            }
+            for (k, v) in entries {
                 let source = self
                     .sources
                     .get(k.as_str())
                     .map(|s| format!("{s:?}").to_lowercase())
-                    .unwrap_or_else(|| "-".into());
+                    .unwrap_or_else(|| {
+                        if k.starts_with("kafka.") {
+                            "file or default"
+                        } else {
+                            "-"
+                        }
+                        .into()
+                    });
                 out.push_str(&format!("{k} = {v}    # {source}\n"));
             }
         }
@@ -567,6 +777,36 @@ mod tests {
         assert_eq!(s.stop_words, ["foo", "오늘"]);
         let d = load(GlobalArgs::default(), &[]).unwrap();
         assert!(d.stop_words.contains(&"the".to_string()));
+    }
+
+    #[test]
+    fn kafka_settings_from_file_env_and_flags() {
+        let (_d, args) = with_file(
+            "[kafka]\nbrokers = \"b1:9092\"\ntopic = \"room-a\"\n[kafka.keys]\nsender = \"user\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"message.max.bytes\" = 100000\n",
+        );
+        let s = load(args.clone(), &[("CHATETL_KAFKA_TOPIC", "room-b")]).unwrap();
+        assert_eq!(s.kafka.brokers.as_deref(), Some("b1:9092"));
+        assert_eq!(s.kafka.topic.as_deref(), Some("room-b"));
+        assert_eq!(s.kafka.keys.sender, "user");
+        assert_eq!(s.kafka.keys.end, "end");
+        assert_eq!(s.kafka.properties["message.max.bytes"], "100000");
+        assert_eq!(s.kafka.timeout_s, 10.0);
+        let d = s.describe();
+        assert!(d.contains("kafka.topic = \"room-b\"    # env"), "{d}");
+        assert!(!d.contains("hunter2"), "{d}");
+        let s = s
+            .with_kafka_flags(&KafkaFlags {
+                brokers: Some("b2:1".into()),
+                topic: None,
+                timeout_s: Some(2.5),
+            })
+            .unwrap();
+        assert_eq!(s.kafka.brokers.as_deref(), Some("b2:1"));
+        assert_eq!(s.kafka.timeout_s, 2.5);
+        let bad = load(GlobalArgs::default(), &[("CHATETL_KAFKA_TIMEOUT", "0")]);
+        assert_eq!(bad.unwrap_err().exit_code().code(), 78);
+        let (_d, args) = with_file("[kafka]\nbrokerz = \"x\"\n");
+        assert_eq!(load(args, &[]).unwrap_err().exit_code().code(), 78);
     }
 
     #[test]

@@ -80,6 +80,26 @@ impl ExitCode {
         }
     }
 
+    /// The code with this number, if chatetl uses it.
+    pub fn from_code(n: i32) -> Option<ExitCode> {
+        use ExitCode::*;
+        [
+            Ok,
+            Skipped,
+            Usage,
+            DataErr,
+            NoInput,
+            Unavailable,
+            Software,
+            CantCreate,
+            IoErr,
+            TempFail,
+            Config,
+        ]
+        .into_iter()
+        .find(|c| c.code() == n)
+    }
+
     /// A short lowercase name for summaries (`ok`, `skipped`, `data_error`, ...).
     pub fn name(self) -> &'static str {
         match self {
@@ -125,7 +145,9 @@ mod tests {
         ];
         for (c, n) in table {
             assert_eq!(c.code(), n, "{c:?}");
+            assert_eq!(super::ExitCode::from_code(n), Some(c));
         }
+        assert_eq!(super::ExitCode::from_code(1), None);
     }
 
     #[test]

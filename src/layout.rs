@@ -12,6 +12,7 @@
 //! out/_staging/date=D/                                  extract's output, write's input
 //! out/_tmp/<dataset>-date=D-<pid>-<n>                   directories being built (leftovers of a crash)
 //! out/_locks/date=D.lock                                per-date advisory lock
+//! out/status/date=D.json                                last outcome of each stage (for notify)
 //! ```
 
 use std::fs;
@@ -90,6 +91,13 @@ impl Layout {
         self.root
             .join("_locks")
             .join(format!("{}.lock", Self::date_dir_name(date)))
+    }
+
+    /// `<root>/status/date=D.json`: the last outcome of each stage for the date.
+    pub fn status_file(&self, date: NaiveDate) -> PathBuf {
+        self.root
+            .join("status")
+            .join(format!("{}.json", Self::date_dir_name(date)))
     }
 
     /// Every path a date owns once committed (the staging area and its report included).

@@ -12,11 +12,13 @@ pub mod config;
 pub mod error;
 pub mod exit;
 pub mod input;
+pub mod kafka;
 pub mod layout;
 pub mod lock;
 pub mod pipeline;
 pub mod record;
 pub mod stage;
+pub mod status;
 
 pub use error::{Error, Result};
 pub use exit::ExitCode;

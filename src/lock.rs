@@ -68,6 +68,16 @@ impl DateLock {
     }
 }
 
+/// True when some process holds the lock of `date` right now (the lock file is not created).
+pub fn is_held(layout: &Layout, date: NaiveDate) -> bool {
+    let Ok(file) = File::open(layout.lock_file(date)) else {
+        return false;
+    };
+    // SAFETY: flock on a file descriptor we own; a shared lock we get is released on close.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,7 +99,9 @@ mod tests {
             "{err}"
         );
         let _other = DateLock::acquire(&layout, d2, "test").unwrap();
+        assert!(is_held(&layout, d1));
         drop(held);
+        assert!(!is_held(&layout, d1));
         DateLock::acquire(&layout, d1, "test").unwrap();
     }
 }

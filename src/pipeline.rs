@@ -1,7 +1,8 @@
 //! `run`: the stages composed over one date or a range of dates.
 //!
 //! For each date, under that date's lock: check-log (no input → 99, skipped), extract, write,
-//! aggregate (`out/aggregates/date=D`).
+//! aggregate (`out/aggregates/date=D`); then, when Kafka is configured and not `--no-notify`,
+//! notify (success, skipped, or failure with the failed stage's code and error).
 //! A date whose `_SUCCESS` manifest already lists exactly the current input files (path, size and
 //! sha256) is up to date and left alone unless `--force`. Dates run in order; the exit code is the
 //! worst of the dates' codes ([`ExitCode::worst`]); after a failed date the range stops unless
@@ -20,7 +21,9 @@ use crate::exit::ExitCode;
 use crate::input::Discovery;
 use crate::layout::Layout;
 use crate::lock::DateLock;
+use crate::stage::notify::{self, NotifyStatus};
 use crate::stage::{Outcome, aggregate, check_log, extract, write};
+use crate::status;
 
 /// Options of `run`.
 #[derive(Debug, Clone)]
@@ -33,6 +36,24 @@ pub struct RunOptions {
     pub force: bool,
     /// Keep going after a failed date.
     pub continue_on_error: bool,
+    /// Post each date's outcome to Kafka (when brokers and topic are configured).
+    pub notify: bool,
+}
+
+/// One stage of one date.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageResult {
+    /// `check-log`, `extract`, `write`, `aggregate` or `notify`.
+    pub stage: &'static str,
+    /// `ok`, `skipped`, `up_to_date`, or the failure's name.
+    pub status: String,
+    /// The stage's exit code.
+    pub exit_code: i32,
+    /// Seconds spent.
+    pub duration_s: f64,
+    /// The error, when the stage failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What happened to one date.
@@ -40,7 +61,7 @@ pub struct RunOptions {
 pub struct DateResult {
     /// The date.
     pub date: NaiveDate,
-    /// `ok`, `up_to_date`, `skipped`, or the failure's name.
+    /// `ok`, `up_to_date`, `skipped`, `notify_failed`, or the failure's name.
     pub status: String,
     /// Exit code of the date.
     pub exit_code: i32,
@@ -60,6 +81,53 @@ pub struct DateResult {
     pub error: Option<String>,
     /// Seconds spent.
     pub duration_s: f64,
+    /// Each stage in order.
+    pub stages: Vec<StageResult>,
+    /// The notification posted (topic, partition, offset), when one was.
+    pub notified: Option<serde_json::Value>,
+}
+
+impl DateResult {
+    fn new(date: NaiveDate) -> DateResult {
+        DateResult {
+            date,
+            status: String::new(),
+            exit_code: 0,
+            exit: ExitCode::Ok,
+            rows: 0,
+            rejected: 0,
+            files: 0,
+            output: None,
+            aggregates: None,
+            error: None,
+            duration_s: 0.0,
+            stages: Vec::new(),
+            notified: None,
+        }
+    }
+
+    fn set_exit(&mut self, exit: ExitCode, status: &str) {
+        self.exit = exit;
+        self.exit_code = exit.code();
+        self.status = status.to_string();
+    }
+
+    /// Runs one stage, recording its status, code and duration.
+    fn stage<T>(&mut self, stage: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let r = f();
+        self.stages.push(StageResult {
+            stage,
+            status: match &r {
+                Ok(_) => "ok".into(),
+                Err(e) => e.exit_code().name().into(),
+            },
+            exit_code: r.as_ref().map_or_else(|e| e.exit_code().code(), |_| 0),
+            duration_s: t.elapsed().as_secs_f64(),
+            error: r.as_ref().err().map(|e| e.to_string()),
+        });
+        r
+    }
 }
 
 /// Runs the pipeline over the range.
@@ -72,51 +140,64 @@ pub fn run(settings: &Settings, opts: &RunOptions) -> Result<Outcome> {
     }
     crate::stage::clean_output::check_output_root(settings)?;
     let layout = Layout::new(&settings.output_root);
+    let notify = opts.notify && notify_configured(settings);
     let mut results = Vec::new();
     let mut exit = ExitCode::Ok;
     let mut date = opts.from;
     let mut last_err = None;
     loop {
         let started = Instant::now();
-        let r = run_date(settings, &layout, date, opts.force);
-        let result = match r {
-            Ok(mut res) => {
-                res.duration_s = started.elapsed().as_secs_f64();
-                res
+        let recorded_at = status::begin(&layout, date, "run");
+        let mut res = DateResult::new(date);
+        let r = run_date(settings, &layout, date, opts.force, &mut res);
+        res.duration_s = started.elapsed().as_secs_f64();
+        let failure = match r {
+            Ok(()) => {
+                status::finish(&layout, date, "run", recorded_at, res.exit, None);
+                None
             }
             Err(e) => {
                 let code = e.exit_code();
-                tracing::error!("{date}: {e}");
-                let failed = DateResult {
-                    exit: code,
-                    date,
-                    status: code.name().to_string(),
-                    exit_code: code.code(),
-                    rows: 0,
-                    rejected: 0,
-                    files: 0,
-                    output: None,
-                    aggregates: None,
-                    error: Some(e.to_string()),
-                    duration_s: started.elapsed().as_secs_f64(),
-                };
+                if opts.from != opts.to {
+                    tracing::error!("{date}: {e}");
+                }
+                res.set_exit(code, code.name());
+                res.error = Some(e.to_string());
+                if !matches!(e, Error::Locked(_)) {
+                    status::finish(&layout, date, "run", recorded_at, code, res.error.clone());
+                }
+                let failed_stage = res.stages.last().map(|s| s.stage.to_string());
                 last_err = Some(e);
-                failed
+                Some(notify::FailureInfo {
+                    stage: failed_stage,
+                    exit_code: Some(code.code()),
+                    error: res.error.clone(),
+                })
             }
         };
-        let code = result.exit;
+        if notify && !matches!(last_err, Some(Error::Locked(_))) {
+            notify_date(settings, &layout, &mut res, failure);
+        }
+        let code = res.exit;
         exit = exit.worst(code);
-        results.push(result);
+        results.push(res);
         if (code.is_failure() && !opts.continue_on_error) || date >= opts.to {
             break;
         }
+        last_err = None;
         date = date.succ_opt().expect("date in range");
     }
-    // A single date that failed reports its own error line, as a stage would.
+    // A single date that failed in a stage reports that stage's error line, as the stage would.
+    // With --json the summary is still printed, with the error in it.
     if results.len() == 1
         && let Some(err) = last_err
     {
-        return Err(err);
+        eprintln!("chatetl: error: {err}");
+        return Ok(Outcome {
+            exit,
+            human: String::new(),
+            json: summary_json(exit, &results),
+        });
     }
     let mut human = format!(
         "{:<12} {:<12} {:>4} {:>8} {:>8} {:>8}  output\n",
@@ -145,45 +226,124 @@ pub fn run(settings: &Settings, opts: &RunOptions) -> Result<Outcome> {
                 layout.rejects_dir(r.date).join("rejects.jsonl").display()
             ));
         }
+        if let Some(n) = &r.notified {
+            human.push_str(&format!(
+                "{}: notified {} ({})\n",
+                r.date,
+                n["topic"].as_str().unwrap_or_default(),
+                n["outcome"].as_str().unwrap_or_default()
+            ));
+        }
     }
-    let json = json!({
+    Ok(Outcome {
+        exit,
+        human,
+        json: summary_json(exit, &results),
+    })
+}
+
+fn summary_json(exit: ExitCode, results: &[DateResult]) -> serde_json::Value {
+    json!({
         "command": "run",
         "status": exit.name(),
         "exit_code": exit.code(),
         "dates": results,
-    });
-    Ok(Outcome { exit, human, json })
+    })
 }
 
-/// Runs one date under its lock.
+/// True when notifications can be sent: brokers and topic are both configured.
+fn notify_configured(settings: &Settings) -> bool {
+    match (&settings.kafka.brokers, &settings.kafka.topic) {
+        (Some(_), Some(_)) => true,
+        (None, None) => {
+            tracing::info!("No Kafka brokers and topic configured; not notifying.");
+            false
+        }
+        _ => {
+            tracing::warn!(
+                "Kafka notifications need both brokers and a topic; only one is configured, so run does not notify."
+            );
+            false
+        }
+    }
+}
+
+/// Posts the date's outcome. A failed notification never hides a failed stage's exit code; after
+/// a success or a skip it becomes the date's exit code (the room was not told), and re-running
+/// the date, which is then up to date, sends it again.
+fn notify_date(
+    settings: &Settings,
+    layout: &Layout,
+    res: &mut DateResult,
+    failure: Option<notify::FailureInfo>,
+) {
+    let status = match (&failure, res.exit) {
+        (Some(_), _) => NotifyStatus::Failure,
+        (None, ExitCode::Skipped) => NotifyStatus::Skipped,
+        (None, _) => NotifyStatus::Success,
+    };
+    let st = status::read(layout, res.date);
+    let text = notify::default_text(
+        layout,
+        res.date,
+        status,
+        &failure.clone().unwrap_or_default(),
+        &st,
+        Some(res.duration_s),
+    );
+    let date = res.date;
+    let sent = res.stage("notify", || {
+        notify::send(settings, date, status, &text, false)
+    });
+    match sent {
+        Ok(o) => {
+            res.notified = Some(json!({
+                "topic": o.json["topic"], "partition": o.json["partition"],
+                "offset": o.json["offset"], "outcome": status_name(status),
+            }))
+        }
+        Err(e) => {
+            if failure.is_some() {
+                tracing::warn!("{date}: the failure notification was not sent: {e}");
+            } else {
+                tracing::error!("{date}: {e}");
+                res.set_exit(e.exit_code(), "notify_failed");
+                res.error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+fn status_name(s: NotifyStatus) -> &'static str {
+    match s {
+        NotifyStatus::Success => "success",
+        NotifyStatus::Failure => "failure",
+        NotifyStatus::Skipped => "skipped",
+        NotifyStatus::Auto => "auto",
+    }
+}
+
+/// Runs one date under its lock, filling `res` stage by stage.
 fn run_date(
     settings: &Settings,
     layout: &Layout,
     date: NaiveDate,
     force: bool,
-) -> Result<DateResult> {
+    res: &mut DateResult,
+) -> Result<()> {
     let _lock = DateLock::acquire(layout, date, "chatetl run")?;
-    let found = check_log::discover(settings, date)?;
-    let mut res = DateResult {
-        exit: ExitCode::Ok,
-        date,
-        status: String::new(),
-        exit_code: 0,
-        rows: 0,
-        rejected: 0,
-        files: found.files.len(),
-        output: None,
-        aggregates: None,
-        error: None,
-        duration_s: 0.0,
-    };
+    let found = res.stage("check-log", || check_log::discover(settings, date))?;
+    res.files = found.files.len();
     if !found.has_input() {
-        res.status = "skipped".into();
-        res.exit_code = ExitCode::Skipped.code();
-        res.exit = ExitCode::Skipped;
+        if let Some(s) = res.stages.last_mut() {
+            s.status = "skipped".into();
+            s.exit_code = ExitCode::Skipped.code();
+        }
+        res.set_exit(ExitCode::Skipped, "skipped");
         tracing::info!("{date}: no input; skipped.");
-        return Ok(res);
+        return Ok(());
     }
+    res.set_exit(ExitCode::Ok, "ok");
     if !force
         && let Some(m) = write::read_manifest(layout, date)?
         && inputs_unchanged(&m, &found, settings)?
@@ -194,19 +354,19 @@ fn run_date(
         res.output = Some(layout.messages_dir(date).display().to_string());
         res.aggregates = Some(match aggregate::committed_dir(layout, date) {
             Some(dir) => dir.display().to_string(),
-            None => aggregate_date(settings, layout, date)?,
+            None => res.stage("aggregate", || aggregate_date(settings, layout, date))?,
         });
-        return Ok(res);
+        return Ok(());
     }
-    let summary = extract::extract(settings, layout, date)?
+    let summary = res
+        .stage("extract", || extract::extract(settings, layout, date))?
         .ok_or_else(|| Error::Internal("input disappeared between check-log and extract".into()))?;
-    let manifest = write::write(settings, layout, date)?;
-    res.status = "ok".into();
-    res.rows = manifest.rows;
     res.rejected = summary.totals.rejected;
+    let manifest = res.stage("write", || write::write(settings, layout, date))?;
+    res.rows = manifest.rows;
     res.output = Some(layout.messages_dir(date).display().to_string());
-    res.aggregates = Some(aggregate_date(settings, layout, date)?);
-    Ok(res)
+    res.aggregates = Some(res.stage("aggregate", || aggregate_date(settings, layout, date))?);
+    Ok(())
 }
 
 /// Aggregates a date that has just been written (the caller holds its lock).

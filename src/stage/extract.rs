@@ -274,13 +274,168 @@ pub fn extract(
     if !found.has_input() {
         return Ok(None);
     }
+    let whole_file_cap = ((settings.memory_budget_mb as usize) << 20) / 2;
+    let summary = stage_and_commit(settings, layout, date, started, found.skipped, |sink| {
+        let mut stats_all = Vec::new();
+        for f in &found.files {
+            stats_all.push(extract_file(sink, f, whole_file_cap)?);
+        }
+        Ok(stats_all)
+    })?;
+    tracing::info!(
+        "Staged {} records of {date} from {} files.",
+        summary.totals.staged,
+        summary.files.len()
+    );
+    Ok(Some(summary))
+}
+
+/// Runs `extract --from-kafka TOPIC` under the date's lock.
+pub fn run_kafka(settings: &Settings, date: NaiveDate, topic: &str) -> Result<Outcome> {
+    crate::stage::clean_output::check_output_root(settings)?;
+    let layout = Layout::new(&settings.output_root);
+    let _lock = DateLock::acquire(&layout, date, "chatetl extract --from-kafka")?;
+    let summary = extract_kafka(settings, &layout, date, topic)?;
+    Ok(outcome(settings, &layout, summary))
+}
+
+/// Extracts the messages of `topic` whose timestamps fall on `date` in the configured zone; the
+/// caller holds the date's lock. Each message is one "line": `source_file` is
+/// `kafka:TOPIC/PARTITION`, `source_line` and `kafka_offset` are its offset, the room is the
+/// topic unless the record names one. `Ok(None)` means no message on that day (skipped).
+pub fn extract_kafka(
+    settings: &Settings,
+    layout: &Layout,
+    date: NaiveDate,
+    topic: &str,
+) -> Result<Option<ExtractSummary>> {
+    let started = Instant::now();
+    let (start_ms, end_ms) = crate::kafka::day_window_ms(date, settings.tz);
+    let read = crate::kafka::read_day(&settings.kafka, topic, start_ms, end_ms)?;
+    tracing::info!(
+        "{topic}: {} messages on {date} ({} read outside the day's window).",
+        read.messages.len(),
+        read.outside_window
+    );
+    if read.messages.is_empty() {
+        return Ok(None);
+    }
+    let summary = stage_and_commit(settings, layout, date, started, Vec::new(), |sink| {
+        sink.dedupe = false;
+        let mut stats_all = Vec::new();
+        for range in &read.ranges {
+            let msgs: Vec<_> = read
+                .messages
+                .iter()
+                .filter(|m| m.partition == range.partition)
+                .collect();
+            if msgs.is_empty() {
+                continue;
+            }
+            stats_all.push(kafka_partition(sink, topic, range.partition, &msgs)?);
+        }
+        Ok(stats_all)
+    })?;
+    tracing::info!(
+        "Staged {} records of {date} from Kafka topic {topic}.",
+        summary.totals.staged
+    );
+    Ok(Some(summary))
+}
+
+/// Stages one partition's messages of the day, each as one line.
+fn kafka_partition(
+    sink: &mut Sink,
+    topic: &str,
+    partition: i32,
+    msgs: &[&crate::kafka::DayMessage],
+) -> Result<FileStats> {
+    let source = InputFile {
+        path: PathBuf::new(),
+        rel: format!("kafka:{topic}/{partition}"),
+        room: topic.to_string(),
+        size: 0,
+        gzip: false,
+    };
+    let mut stats = FileStats {
+        file: source.rel.clone(),
+        room: source.room.clone(),
+        format: Some(Format::Lines),
+        ..Default::default()
+    };
+    let mut hasher = Sha256::new();
+    for m in msgs {
+        let offset = m.offset.max(0) as u64;
+        let payload = m.payload.as_deref().unwrap_or_default();
+        hasher.update(m.offset.to_le_bytes());
+        hasher.update((payload.len() as u64).to_le_bytes());
+        hasher.update(payload);
+        stats.size += payload.len() as u64;
+        stats.lines += 1;
+        if payload.len() > sink.max_line {
+            let detail = format!(
+                "message of {} bytes exceeds max_line_bytes {}; first {} bytes kept",
+                payload.len(),
+                sink.max_line,
+                sink.max_line
+            );
+            sink.reject(
+                &mut stats,
+                offset,
+                "line_too_long",
+                detail,
+                &payload[..sink.max_line],
+                Some(payload.len() as u64),
+            )?;
+            continue;
+        }
+        match classify_line(&sink.normalizer, &sink.limits, payload, offset, &source) {
+            LineOut::Blank => stats.blank += 1,
+            LineOut::Noise => sink.reject(
+                &mut stats,
+                offset,
+                "not_a_record",
+                "the message holds no {...} record".into(),
+                payload,
+                None,
+            )?,
+            LineOut::TooLong(total) => {
+                return Err(Error::Internal(format!(
+                    "message of {total} bytes classified as too long after the length check"
+                )));
+            }
+            LineOut::Reject(reason, detail) => {
+                sink.reject(&mut stats, offset, reason, detail, payload, None)?
+            }
+            LineOut::Record(mut record, drops) => {
+                record.kafka_offset = Some(m.offset);
+                stats.record_lines += 1;
+                stats.dropped.add(&drops);
+                sink.stage(&mut stats, *record)?;
+            }
+        }
+    }
+    stats.sha256 = hex::encode(hasher.finalize());
+    Ok(stats)
+}
+
+/// Stages a date from a source: builds staging and rejects in temporary directories with
+/// `fill`, then commits both (or, over the reject threshold, only the rejects).
+fn stage_and_commit(
+    settings: &Settings,
+    layout: &Layout,
+    date: NaiveDate,
+    started: Instant,
+    skipped_paths: Vec<crate::input::SkippedPath>,
+    fill: impl FnOnce(&mut Sink) -> Result<Vec<FileStats>>,
+) -> Result<ExtractSummary> {
     for leftover in layout.tmp_leftovers(date)? {
         crate::layout::remove_path(&leftover)
             .map_err(|e| Error::io("cannot remove", &leftover, e))?;
     }
     let staging_tmp = layout.new_tmp_dir("staging", date)?;
     let rejects_tmp = layout.new_tmp_dir("rejects", date)?;
-    let result = extract_into(settings, date, &found.files, &staging_tmp, &rejects_tmp);
+    let result = extract_into(settings, date, &staging_tmp, &rejects_tmp, fill);
     let (mut summary, reject_ratio) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -289,7 +444,7 @@ pub fn extract(
             return Err(e);
         }
     };
-    summary.skipped_paths = found.skipped.clone();
+    summary.skipped_paths = skipped_paths;
     summary.duration_s = started.elapsed().as_secs_f64();
     let too_many = reject_ratio > settings.max_reject_ratio;
     swap_into_place(&rejects_tmp, &layout.rejects_dir(date))?;
@@ -311,12 +466,7 @@ pub fn extract(
     write_synced(&summary_path, &text)?;
     fsync_path(&staging_tmp).map_err(|e| Error::io("cannot sync", &staging_tmp, e))?;
     swap_into_place(&staging_tmp, &layout.staging_dir(date))?;
-    tracing::info!(
-        "Staged {} records of {date} from {} files.",
-        summary.totals.staged,
-        summary.files.len()
-    );
-    Ok(Some(summary))
+    Ok(summary)
 }
 
 /// Writes a file and fsyncs it.
@@ -341,6 +491,9 @@ struct Sink {
     /// (room, offset, content) of records that conflicted with the first one at their offset.
     conflicting: std::collections::HashSet<(u64, i64, u64), foldhash::fast::RandomState>,
     senders: HashMap<Option<String>, u64, foldhash::fast::RandomState>,
+    /// Drop exact duplicates by (room, offset): files, where two consumers may have appended the
+    /// same Kafka record; not Kafka itself, where partitions share rooms and offsets.
+    dedupe: bool,
     budget_bytes: usize,
 }
 
@@ -392,7 +545,7 @@ impl Sink {
 
     fn stage(&mut self, stats: &mut FileStats, r: Record) -> Result<()> {
         stats.records += 1;
-        if let Some(off) = r.kafka_offset {
+        if let Some(off) = r.kafka_offset.filter(|_| self.dedupe) {
             let key = (hash_of(&r.room), off);
             let content = hash_of(&(&r.sender_id, &r.message, r.ts, &r.extra));
             match self.seen.get(&key) {
@@ -461,9 +614,9 @@ fn hash_of<T: Hash>(t: &T) -> u64 {
 fn extract_into(
     settings: &Settings,
     date: NaiveDate,
-    files: &[InputFile],
     staging: &Path,
     rejects: &Path,
+    fill: impl FnOnce(&mut Sink) -> Result<Vec<FileStats>>,
 ) -> Result<(ExtractSummary, f64)> {
     let staged_path = staging.join(STAGED_RECORDS);
     let file =
@@ -485,17 +638,15 @@ fn extract_into(
         seen: HashMap::default(),
         conflicting: Default::default(),
         senders: HashMap::default(),
+        dedupe: true,
         budget_bytes: (settings.memory_budget_mb as usize) << 20 >> 3,
     };
-    let whole_file_cap = ((settings.memory_budget_mb as usize) << 20) / 2;
-    let mut stats_all = Vec::new();
-    for f in files {
-        let stats = extract_file(&mut sink, f, whole_file_cap)?;
+    let stats_all = fill(&mut sink)?;
+    for stats in &stats_all {
         debug_assert_eq!(
             stats.lines,
             stats.record_lines + stats.rejected + stats.noise + stats.blank
         );
-        stats_all.push(stats);
     }
     sink.flush()?;
     sink.writer

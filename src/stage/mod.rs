@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod check_log;
 pub mod clean_output;
 pub mod extract;
+pub mod notify;
 pub mod report;
 pub mod write;
 
