@@ -62,7 +62,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(e) => {
             let code = e.exit_code();
             if !matches!(e, Error::Internal(_)) || !e.to_string().contains("panicked") {
-                eprintln!("chatetl: error: {e}");
+                eprintln!("{}", error_line(&e.to_string()));
             }
             if json_mode {
                 let v = json!({"status": code.name(), "exit_code": code.code(), "error": e.to_string()});
@@ -70,6 +70,14 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             }
             code
         }
+    }
+}
+
+/// The one line printed on stderr for an error, naming the Airflow try when there is one.
+pub fn error_line(e: &str) -> String {
+    match status::airflow_try_number() {
+        Some(n) => format!("chatetl: error (airflow try {n}): {e}"),
+        None => format!("chatetl: error: {e}"),
     }
 }
 
@@ -89,10 +97,12 @@ fn init_logging(settings: &Settings) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHATETL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("chatetl={level}")));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -154,6 +164,10 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
     }
     let settings = Settings::load(&cli.global)?;
     init_logging(&settings);
+    crate::progress::init(settings.verbosity >= 0 && !settings.json);
+    // Under Airflow every log line names the task's try number: `airflow_try{n=2}: ...`.
+    let _airflow =
+        status::airflow_try_number().map(|n| tracing::error_span!("airflow_try", n = %n).entered());
     let s = &settings;
     let outcome = match cli.command {
         Command::CheckLog(a) => recorded(s, a.date.date, "check-log", || {

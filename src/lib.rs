@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod layout;
 pub mod lock;
 pub mod pipeline;
+pub mod progress;
 pub mod record;
 pub mod stage;
 pub mod status;

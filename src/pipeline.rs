@@ -192,7 +192,7 @@ pub fn run(settings: &Settings, opts: &RunOptions) -> Result<Outcome> {
     if results.len() == 1
         && let Some(err) = last_err
     {
-        eprintln!("chatetl: error: {err}");
+        eprintln!("{}", crate::app::error_line(&err.to_string()));
         return Ok(Outcome {
             exit,
             human: String::new(),

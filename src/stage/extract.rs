@@ -275,11 +275,14 @@ pub fn extract(
         return Ok(None);
     }
     let whole_file_cap = ((settings.memory_budget_mb as usize) << 20) / 2;
+    let total: u64 = found.files.iter().map(|f| f.size).sum();
     let summary = stage_and_commit(settings, layout, date, started, found.skipped, |sink| {
+        sink.progress = crate::progress::bytes(total, "extract");
         let mut stats_all = Vec::new();
         for f in &found.files {
             stats_all.push(extract_file(sink, f, whole_file_cap)?);
         }
+        sink.progress.finish_and_clear();
         Ok(stats_all)
     })?;
     tracing::info!(
@@ -491,6 +494,8 @@ struct Sink {
     /// (room, offset, content) of records that conflicted with the first one at their offset.
     conflicting: std::collections::HashSet<(u64, i64, u64), foldhash::fast::RandomState>,
     senders: HashMap<Option<String>, u64, foldhash::fast::RandomState>,
+    /// Input bytes read, on a terminal.
+    progress: indicatif::ProgressBar,
     /// Drop exact duplicates by (room, offset): files, where two consumers may have appended the
     /// same Kafka record; not Kafka itself, where partitions share rooms and offsets.
     dedupe: bool,
@@ -639,6 +644,7 @@ fn extract_into(
         conflicting: Default::default(),
         senders: HashMap::default(),
         dedupe: true,
+        progress: indicatif::ProgressBar::hidden(),
         budget_bytes: (settings.memory_budget_mb as usize) << 20 >> 3,
     };
     let stats_all = fill(&mut sink)?;
@@ -727,16 +733,18 @@ fn extract_into(
     Ok((summary, ratio))
 }
 
-/// A reader that hashes and counts the bytes it passes on.
+/// A reader that hashes the bytes it passes on and counts them on the progress bar.
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    progress: indicatif::ProgressBar,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.progress.inc(n as u64);
         Ok(n)
     }
 }
@@ -753,6 +761,7 @@ fn extract_file(sink: &mut Sink, f: &InputFile, whole_file_cap: usize) -> Result
     let hashing = HashingReader {
         inner: raw,
         hasher: Sha256::new(),
+        progress: sink.progress.clone(),
     };
     let mut hashing = BufReader::with_capacity(1 << 20, hashing);
     let decoded: Box<dyn Read + '_> = if f.gzip {

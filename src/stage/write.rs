@@ -192,7 +192,9 @@ fn build(
     let budget = (settings.memory_budget_mb as usize) << 20;
     let spill_dir = tmp.join(".spill");
     let runs = make_runs(&staged, budget / 4, &spill_dir)?;
-    let mut files = merge_and_write(runs, tmp)?;
+    let progress = crate::progress::rows(summary.totals.staged, "write");
+    let mut files = merge_and_write(runs, tmp, &progress)?;
+    progress.finish_and_clear();
     if spill_dir.exists() {
         fs::remove_dir_all(&spill_dir).map_err(|e| Error::io("cannot remove", &spill_dir, e))?;
     }
@@ -446,7 +448,11 @@ impl Ord for HeapItem {
 }
 
 /// Merges the runs and writes one Parquet file per sender.
-fn merge_and_write(runs: Vec<Run>, dir: &Path) -> Result<Vec<OutputFile>> {
+fn merge_and_write(
+    runs: Vec<Run>,
+    dir: &Path,
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<OutputFile>> {
     let mut cursors = Vec::new();
     for r in runs {
         if let Some(c) = Cursor::open(r)? {
@@ -493,6 +499,7 @@ fn merge_and_write(runs: Vec<Run>, dir: &Path) -> Result<Vec<OutputFile>> {
         };
         picks.push((slot, top.row));
         if picks.len() >= MERGE_BATCH_ROWS {
+            progress.inc(picks.len() as u64);
             writer
                 .as_mut()
                 .expect("writer open")

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs chatetl for yesterday (in CHATETL_TZ, default Asia/Seoul) from cron: appends everything it
+# prints to a dated log file, and exits with chatetl's own exit code so that cron's mail, a
+# monitoring wrapper or `systemctl status` sees a failure as a failure.
+#
+#   CHATETL_BIN       chatetl binary                  (default: chatetl on the PATH)
+#   CHATETL_CONFIG    chatetl.toml (roots, tz, [kafka] brokers and topic for notifications)
+#   CHATETL_LOG_DIR   where the logs go               (default: $HOME/chatetl-logs)
+#
+# Exit codes are chatetl's: 0 done (or already up to date), 99 no logs for the day (skipped),
+# 75 retry later (another run holds the day, or the broker timed out), others fail; see README.
+set -uo pipefail
+bin=${CHATETL_BIN:-chatetl}
+tz=${CHATETL_TZ:-Asia/Seoul}
+log_dir=${CHATETL_LOG_DIR:-$HOME/chatetl-logs}
+day=${1:-$(TZ=$tz date -d yesterday +%F)}
+mkdir -p "$log_dir" || exit 73
+log="$log_dir/chatetl-$day.log"
+(
+  echo "== $(date -u +%FT%TZ) chatetl run --date $day (pid $$)"
+  CHATETL_TZ=$tz "$bin" run --date "$day"
+  code=$?
+  echo "== $(date -u +%FT%TZ) exit $code"
+  exit $code
+) >>"$log" 2>&1
+code=$?
+# One line on stderr for anything but success (cron mails it when MAILTO is set).
+if [ "$code" -ne 0 ]; then
+  echo "chatetl $day exited $code; see $log" >&2
+fi
+exit $code
