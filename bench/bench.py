@@ -2,11 +2,17 @@
 """Benchmark: extract, write, aggregate and `run` on a generated log; prints throughput and peak RSS.
 
   bench/bench.py                      # 1 GiB repr log under /tmp/chatetl-bench (generated once)
+  bench/bench.py --format json        # 1 GiB of JSON lines, with DuckDB as the reference
   bench/bench.py --size 256M --format json --budget 128
 
 Builds the release binary, generates the input with bench/gen_log.py when it is missing (seeded,
 so the same size and format always give the same file), then runs each stage in a fresh process
 and reports wall time, MB/s, rows/s and that process's peak RSS (from wait4's rusage).
+
+For JSON lines it also runs DuckDB on the same file in the same invocation (read_json, then
+COPY ... (FORMAT parquet, PARTITION_BY (user)), in a fresh process of the test virtualenv's
+Python, `--duckdb-python` or .venv-test/bin/python) and prints the throughput ratio
+chatetl/DuckDB and how many records each one wrote.
 """
 
 import argparse
@@ -37,12 +43,43 @@ def run_stage(binary, work, budget, args):
     return json.loads(out), wall, rusage.ru_maxrss / 1024  # KiB -> MiB
 
 
+DUCKDB_SCRIPT = r"""
+import sys, time, duckdb
+log, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+con = duckdb.connect()
+con.execute(f"SET threads = {threads}")
+con.execute(
+    "COPY (SELECT * FROM read_json(?, format='newline_delimited', ignore_errors=true)) "
+    "TO '" + out + "' (FORMAT parquet, PARTITION_BY (user))", [log])
+n = con.execute("SELECT count(*) FROM read_parquet('" + out + "/**/*.parquet')").fetchone()[0]
+print(n)
+"""
+
+
+def run_duckdb(python, log, work):
+    out = os.path.join(work, "duckdb-out")
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.monotonic()
+    p = subprocess.Popen([python, "-c", DUCKDB_SCRIPT, log, out, str(os.cpu_count())],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout = p.stdout.read()
+    err = p.stderr.read()
+    _, status, rusage = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"duckdb failed: {err.decode(errors='replace')}")
+    shutil.rmtree(out, ignore_errors=True)
+    return int(stdout.strip()), wall, rusage.ru_maxrss / 1024
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="1G")
     ap.add_argument("--format", default="repr", choices=["repr", "json", "json-ascii"])
     ap.add_argument("--budget", type=int, default=512, help="memory_budget_mb")
     ap.add_argument("--work", default="/tmp/chatetl-bench")
+    ap.add_argument("--duckdb-python", default=os.environ.get(
+        "CHATETL_TEST_PYTHON", os.path.join(REPO, ".venv-test", "bin", "python")))
     a = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=REPO, check=True)
@@ -66,7 +103,7 @@ def main():
     wr, t_wr, rss_wr = run_stage(binary, work, a.budget, ["write", "--date", DATE])
     _, t_ag, rss_ag = run_stage(binary, work, a.budget, ["aggregate", "--date", DATE])
     shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
-    _, t_run, rss_run = run_stage(binary, work, a.budget, ["run", "--date", DATE])
+    _, t_run, rss_run = run_stage(binary, work, a.budget, ["run", "--no-notify", "--date", DATE])
 
     rows = tot["staged"]
     print(f"lines {tot['lines']}, records {tot['records']}, rejected {tot['rejected']}, "
@@ -75,8 +112,18 @@ def main():
     for name, t, rss in [("extract", t_ex, rss_ex), ("write", t_wr, rss_wr),
                          ("extract+write", t_ex + t_wr, max(rss_ex, rss_wr)),
                          ("aggregate", t_ag, rss_ag),
-                         ("run (all four stages)", t_run, rss_run)]:
+                         ("run --no-notify", t_run, rss_run)]:
         print(f"{name:<24}{t:>8.1f}{size / 1e6 / t:>8.1f}{rows / 1e3 / t:>10.0f}{rss:>14.0f}")
+    if a.format.startswith("json"):
+        if not os.path.exists(a.duckdb_python):
+            print(f"DuckDB reference skipped: no {a.duckdb_python} (run scripts/test once)")
+            return
+        n_duck, t_duck, rss_duck = run_duckdb(a.duckdb_python, log, work)
+        print(f"{'DuckDB read_json+COPY':<24}{t_duck:>8.1f}{size / 1e6 / t_duck:>8.1f}"
+              f"{n_duck / 1e3 / t_duck:>10.0f}{rss_duck:>14.0f}")
+        print(f"ratio chatetl extract+write / DuckDB: {t_duck / (t_ex + t_wr):.2f}x throughput; "
+              f"run / DuckDB: {t_duck / t_run:.2f}x; records written: chatetl {rows}, "
+              f"DuckDB {n_duck} ({rows - n_duck} fewer)")
 
 
 if __name__ == "__main__":

@@ -137,10 +137,14 @@ fn recorded(
     stage: &str,
     f: impl FnOnce() -> Result<Outcome>,
 ) -> Result<Outcome> {
-    if stage::clean_output::check_output_root(settings).is_err() {
+    let layout = Layout::new(&settings.output_root);
+    // A refused output root, or a date another process is working on (this stage will be turned
+    // away with 75): record nothing, so the other process's status stands.
+    if stage::clean_output::check_output_root(settings).is_err()
+        || crate::lock::is_held(&layout, date)
+    {
         return f();
     }
-    let layout = Layout::new(&settings.output_root);
     let started = status::begin(&layout, date, stage);
     let result = f();
     match &result {

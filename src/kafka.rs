@@ -55,6 +55,15 @@ impl Context {
     }
 }
 
+impl Context {
+    /// The broker answered: an earlier outage is over.
+    fn answered(&self) {
+        let mut s = self.seen();
+        s.all_brokers_down = false;
+        s.transport_failed = false;
+    }
+}
+
 impl ClientContext for Context {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
         tracing::debug!("librdkafka {level:?} {fac}: {msg}");
@@ -104,10 +113,10 @@ fn client_config(k: &KafkaSettings) -> Result<ClientConfig> {
         // Longer than our own deadline, so that librdkafka does not tear down the connection to
         // a slow broker while we still wait: a refused connection or a failed name look-up is
         // "unreachable" (69), no answer within our deadline is "timed out" (75).
-        .set("socket.timeout.ms", (ms + 5000).to_string())
+        .set("socket.timeout.ms", (ms + 5000).min(300_000).to_string())
         .set(
             "socket.connection.setup.timeout.ms",
-            (ms + 5000).to_string(),
+            (ms + 5000).min(2_147_483_647).to_string(),
         )
         .set("reconnect.backoff.max.ms", "1000")
         .set("log_level", "7");
@@ -133,8 +142,8 @@ pub fn produce_one(k: &KafkaSettings, topic: &str, payload: &[u8]) -> Result<Del
     let ms = timeout.as_millis().max(1) as u64;
     let mut c = client_config(k)?;
     c.set("acks", "all")
-        .set("message.timeout.ms", ms.to_string())
-        .set("request.timeout.ms", ms.max(100).to_string())
+        .set("message.timeout.ms", ms.min(2_147_483_647).to_string())
+        .set("request.timeout.ms", ms.clamp(100, 900_000).to_string())
         .set("retry.backoff.ms", "100")
         .set("linger.ms", "0");
     for (key, v) in &k.properties {
@@ -151,6 +160,7 @@ pub fn produce_one(k: &KafkaSettings, topic: &str, payload: &[u8]) -> Result<Del
         || producer.client().fetch_metadata(Some(topic), timeout),
     )
     .map_err(|e| metadata_error(producer.context(), topic, &e, timeout, asked))?;
+    producer.context().answered();
     if let Some(err) = meta
         .topics()
         .iter()
@@ -335,28 +345,41 @@ pub struct DayMessage {
 pub struct DayRead {
     /// Partitions of the topic, in order, with the offsets read.
     pub ranges: Vec<PartitionRange>,
-    /// Messages in the window, by partition then offset.
-    pub messages: Vec<DayMessage>,
+    /// Messages in the window (each handed to the caller as it was read).
+    pub in_window: u64,
     /// Messages read but outside the window (or without a timestamp).
     pub outside_window: u64,
 }
+
+/// Receives each message of the day, partition by partition, in offset order.
+pub type OnMessage<'a> = dyn FnMut(DayMessage) -> Result<()> + 'a;
 
 /// Reads every message of `topic` whose timestamp falls in `[start_ms, end_ms)`.
 ///
 /// Offsets come from the broker's time look-up when `k.time_lookup` (falling back to a full scan
 /// per partition when it gives no usable answer, or answers that the messages around them
 /// contradict); see [`read_range`] for where a partition's read ends.
-pub fn read_day(k: &KafkaSettings, topic: &str, start_ms: i64, end_ms: i64) -> Result<DayRead> {
+pub fn read_day(
+    k: &KafkaSettings,
+    topic: &str,
+    start_ms: i64,
+    end_ms: i64,
+    on_message: &mut OnMessage<'_>,
+) -> Result<DayRead> {
     let timeout = Duration::from_secs_f64(k.timeout_s);
+    // Messages stamped after the read began were produced meanwhile: they end the read of a
+    // partition once its end offset is passed, even on a busy topic during the day itself.
+    let read_started_ms = chrono::Utc::now().timestamp_millis();
     let mut c = client_config(k)?;
     c.set("group.id", format!("{}-extract", k.client_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
     for (key, v) in &k.properties {
         c.set(key, v);
     }
+    // The read's end is detected by the partition-end event: not the user's to turn off.
+    c.set("enable.partition.eof", "true");
     let consumer: BaseConsumer<Context> = c
         .create_with_context(Context::default())
         .map_err(config_error)?;
@@ -368,6 +391,7 @@ pub fn read_day(k: &KafkaSettings, topic: &str, start_ms: i64, end_ms: i64) -> R
         || consumer.fetch_metadata(Some(topic), timeout),
     )
     .map_err(|e| metadata_error(consumer.context(), topic, &e, timeout, asked))?;
+    consumer.context().answered();
     let t = meta
         .topics()
         .iter()
@@ -454,7 +478,10 @@ pub fn read_day(k: &KafkaSettings, topic: &str, start_ms: i64, end_ms: i64) -> R
         out.ranges.push(range);
     }
     for range in out.ranges.clone() {
-        read_range(&consumer, topic, range, start_ms, end_ms, timeout, &mut out)?;
+        let window = (start_ms, end_ms, end_ms.min(read_started_ms));
+        read_range(
+            &consumer, topic, range, window, timeout, &mut out, on_message,
+        )?;
     }
     Ok(out)
 }
@@ -496,15 +523,19 @@ fn ts_at(
     Ok(found)
 }
 
+/// Reads one partition's range. `window` is the day's `[start, end)` and the time past which a
+/// message beyond the end offset ends the read (the day's end, or the read's start when that is
+/// earlier).
 fn read_range(
     consumer: &BaseConsumer<Context>,
     topic: &str,
     range: PartitionRange,
-    start_ms: i64,
-    end_ms: i64,
+    window: (i64, i64, i64),
     timeout: Duration,
     out: &mut DayRead,
+    on_message: &mut OnMessage<'_>,
 ) -> Result<()> {
+    let (start_ms, end_ms, stop_ms) = window;
     if range.start >= range.stop {
         return Ok(());
     }
@@ -517,7 +548,7 @@ fn read_range(
     let mut last_progress = Instant::now();
     let mut next = range.start;
     // The read ends at the end of the partition, or at the first message at or past the end
-    // offset known at the start whose timestamp is past the window. Messages past that offset
+    // offset known at the start whose timestamp is past the window (or past the read's start). Messages past that offset
     // but still on the day (produced meanwhile, or hidden by a broker that counts its high
     // watermark in batches instead of records, as Tansu 0.6 does) are the day's too; the day's
     // end bounds the read even on a busy topic.
@@ -538,14 +569,31 @@ fn read_range(
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => {
+                // Connection trouble (a broker restarting, a leader moving) is retried by
+                // librdkafka: wait for it up to the no-progress timeout.
                 let code = e.rdkafka_error_code();
-                if code.is_some_and(is_retriable) {
-                    continue;
+                let transient = code.is_some_and(|c| {
+                    is_retriable(c)
+                        || matches!(
+                            c,
+                            RDKafkaErrorCode::BrokerTransportFailure
+                                | RDKafkaErrorCode::AllBrokersDown
+                                | RDKafkaErrorCode::Resolve
+                        )
+                });
+                if !transient {
+                    return Err(Error::Unavailable(format!(
+                        "cannot read Kafka topic {topic}/{}: {e}",
+                        range.partition
+                    )));
                 }
-                return Err(Error::Unavailable(format!(
-                    "cannot read Kafka topic {topic}/{}: {e}",
-                    range.partition
-                )));
+                if last_progress.elapsed() > timeout {
+                    return Err(Error::Unavailable(format!(
+                        "cannot read Kafka topic {topic}/{} for {:.1} s: {e}",
+                        range.partition,
+                        timeout.as_secs_f64()
+                    )));
+                }
             }
             Some(Ok(m)) => {
                 last_progress = Instant::now();
@@ -557,15 +605,16 @@ fn read_range(
                     Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
                     Timestamp::NotAvailable => None,
                 };
-                if m.offset() >= range.stop && ts.is_none_or(|t| t >= end_ms) {
+                if m.offset() >= range.stop && ts.is_none_or(|t| t >= stop_ms) {
                     break;
                 }
                 if ts.is_some_and(|t| t >= start_ms && t < end_ms) {
-                    out.messages.push(DayMessage {
+                    out.in_window += 1;
+                    on_message(DayMessage {
                         partition: m.partition(),
                         offset: m.offset(),
                         payload: m.payload().map(|p| p.to_vec()),
-                    });
+                    })?;
                 } else {
                     out.outside_window += 1;
                 }

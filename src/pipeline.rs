@@ -147,13 +147,17 @@ pub fn run(settings: &Settings, opts: &RunOptions) -> Result<Outcome> {
     let mut last_err = None;
     loop {
         let started = Instant::now();
-        let recorded_at = status::begin(&layout, date, "run");
+        // Another process on this date: it will turn us away (75); leave its status alone.
+        let recorded_at =
+            (!crate::lock::is_held(&layout, date)).then(|| status::begin(&layout, date, "run"));
         let mut res = DateResult::new(date);
         let r = run_date(settings, &layout, date, opts.force, &mut res);
         res.duration_s = started.elapsed().as_secs_f64();
         let failure = match r {
             Ok(()) => {
-                status::finish(&layout, date, "run", recorded_at, res.exit, None);
+                if let Some(t) = recorded_at {
+                    status::finish(&layout, date, "run", t, res.exit, None);
+                }
                 None
             }
             Err(e) => {
@@ -163,8 +167,8 @@ pub fn run(settings: &Settings, opts: &RunOptions) -> Result<Outcome> {
                 }
                 res.set_exit(code, code.name());
                 res.error = Some(e.to_string());
-                if !matches!(e, Error::Locked(_)) {
-                    status::finish(&layout, date, "run", recorded_at, code, res.error.clone());
+                if let Some(t) = recorded_at.filter(|_| !matches!(e, Error::Locked(_))) {
+                    status::finish(&layout, date, "run", t, code, res.error.clone());
                 }
                 let failed_stage = res.stages.last().map(|s| s.stage.to_string());
                 last_err = Some(e);

@@ -20,6 +20,7 @@ use serde_json::Value;
 struct Airflow {
     bin: PathBuf,
     home: PathBuf,
+    input: PathBuf,
     out: PathBuf,
     brokers: String,
 }
@@ -41,7 +42,8 @@ impl Airflow {
             .env("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
             .env("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", db)
             .env("CHATETL_BIN", env!("CARGO_BIN_EXE_chatetl"))
-            .env("CHATETL_INPUT_ROOT", repo().join("sample_logs"))
+            .env("CHATETL_INPUT_ROOT", &self.input)
+            .env("CHATETL_DAG_RETRIES", "0")
             .env("CHATETL_OUTPUT_ROOT", &self.out)
             .env("CHATETL_TZ", "Asia/Seoul")
             .env("CHATETL_CONFIG", "/dev/null")
@@ -52,10 +54,14 @@ impl Airflow {
     }
 
     fn run(&self, args: &[&str]) -> String {
+        self.run_checked(args, true)
+    }
+
+    fn run_checked(&self, args: &[&str], must_succeed: bool) -> String {
         let o = self.command().args(args).output().expect("airflow runs");
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(
-            o.status.success(),
+            o.status.success() || !must_succeed,
             "airflow {args:?} failed\nstdout: {text}\nstderr: {}",
             String::from_utf8_lossy(&o.stderr)
         );
@@ -71,7 +77,8 @@ impl Airflow {
 
     /// Runs `airflow dags test` for a logical date and returns the task states of that run.
     fn test_run(&self, logical_date: &str) -> BTreeMap<String, String> {
-        self.run(&["dags", "test", "chat_logs", logical_date]);
+        // A run that fails may make `dags test` exit non-zero; the states tell.
+        self.run_checked(&["dags", "test", "chat_logs", logical_date], false);
         let runs = self.json(&["dags", "list-runs", "chat_logs", "-o", "json"]);
         let wanted = chrono::DateTime::parse_from_rfc3339(logical_date).unwrap();
         let run = runs
@@ -126,9 +133,18 @@ fn the_example_dag_runs_a_day_and_skips_a_day_without_logs() {
     let Some(broker) = Tansu::start() else { return };
     broker.create_topic("chat", 1);
     let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    common::copy_tree(&repo().join("sample_logs"), &input);
+    // 2024-10-26: only broken records, so extract fails with 65.
+    fs::write(
+        input.join("lobby/chat_2024-10-26.log"),
+        "{'user': 'a', 'message': 'cut\n{'user': 'b', 'message': 'off\n",
+    )
+    .unwrap();
     let af = Airflow {
         bin,
         home: dir.path().join("airflow"),
+        input: input.clone(),
         out: dir.path().join("out"),
         brokers: broker.brokers(),
     };
@@ -143,6 +159,7 @@ fn the_example_dag_runs_a_day_and_skips_a_day_without_logs() {
         ("write", "success"),
         ("aggregate", "success"),
         ("notify", "success"),
+        ("stage_failed", "skipped"),
     ];
     assert_eq!(got, states(&all_ok));
     // The same output as `chatetl run` of that day.
@@ -191,16 +208,36 @@ fn the_example_dag_runs_a_day_and_skips_a_day_without_logs() {
             ("write", "skipped"),
             ("aggregate", "skipped"),
             ("notify", "success"),
+            ("stage_failed", "skipped"),
         ])
     );
     assert!(!af.out.join("messages/date=2024-10-20").exists());
 
-    let msgs = consume(&broker.brokers(), "chat", 1, 2);
+    // 2024-10-26 is broken: extract fails, the stages after it do not run, notify reports the
+    // failure, and stage_failed makes the run fail.
+    let got = af.test_run("2024-10-27T01:00:00+09:00");
+    assert_eq!(
+        got,
+        states(&[
+            ("check_log", "success"),
+            ("extract", "failed"),
+            ("write", "upstream_failed"),
+            ("aggregate", "upstream_failed"),
+            ("notify", "success"),
+            ("stage_failed", "failed"),
+        ])
+    );
+
+    let msgs = consume(&broker.brokers(), "chat", 1, 3);
     let texts: Vec<&str> = msgs
         .iter()
         .map(|m| m["message"].as_str().unwrap())
         .collect();
-    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert!(
+        texts[2].starts_with("chatetl 2024-10-26: failure, extract exited 65 (data_error): "),
+        "{texts:?}"
+    );
     assert!(
         texts[0].starts_with("chatetl 2024-10-24: success, "),
         "{texts:?}"

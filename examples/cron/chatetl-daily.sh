@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Runs chatetl for yesterday (in CHATETL_TZ, default Asia/Seoul) from cron: appends everything it
-# prints to a dated log file, and exits with chatetl's own exit code so that cron's mail, a
-# monitoring wrapper or `systemctl status` sees a failure as a failure.
+# Runs chatetl for yesterday from cron: appends everything it prints to a dated log file, and
+# exits with chatetl's own exit code so that cron's mail, a monitoring wrapper or `systemctl
+# status` sees a failure as a failure.
 #
+#   CHATETL_DAY_TZ    zone in which "yesterday" is taken (default: Asia/Seoul); set it to the
+#                     `tz` of your chatetl.toml. chatetl's own zone still comes from its config
+#                     (or CHATETL_TZ, when you set that).
 #   CHATETL_BIN       chatetl binary                  (default: chatetl on the PATH)
 #   CHATETL_CONFIG    chatetl.toml (roots, tz, [kafka] brokers and topic for notifications)
 #   CHATETL_LOG_DIR   where the logs go               (default: $HOME/chatetl-logs)
@@ -11,14 +14,15 @@
 # 75 retry later (another run holds the day, or the broker timed out), others fail; see README.
 set -uo pipefail
 bin=${CHATETL_BIN:-chatetl}
-tz=${CHATETL_TZ:-Asia/Seoul}
+tz=${CHATETL_DAY_TZ:-${CHATETL_TZ:-Asia/Seoul}}
 log_dir=${CHATETL_LOG_DIR:-$HOME/chatetl-logs}
-day=${1:-$(TZ=$tz date -d yesterday +%F)}
+# Noon of today minus one day: right even when a DST change falls at midnight.
+day=${1:-$(TZ=$tz date -d "$(TZ=$tz date +%F) 12:00 -1 day" +%F)}
 mkdir -p "$log_dir" || exit 73
 log="$log_dir/chatetl-$day.log"
 (
   echo "== $(date -u +%FT%TZ) chatetl run --date $day (pid $$)"
-  CHATETL_TZ=$tz "$bin" run --date "$day"
+  "$bin" run --date "$day"
   code=$?
   echo "== $(date -u +%FT%TZ) exit $code"
   exit $code

@@ -284,7 +284,8 @@ pub fn extract(
         }
         sink.progress.finish_and_clear();
         Ok(stats_all)
-    })?;
+    })?
+    .ok_or_else(|| Error::Internal("input files gave no file statistics".into()))?;
     tracing::info!(
         "Staged {} records of {date} from {} files.",
         summary.totals.staged,
@@ -314,116 +315,120 @@ pub fn extract_kafka(
 ) -> Result<Option<ExtractSummary>> {
     let started = Instant::now();
     let (start_ms, end_ms) = crate::kafka::day_window_ms(date, settings.tz);
-    let read = crate::kafka::read_day(&settings.kafka, topic, start_ms, end_ms)?;
-    tracing::info!(
-        "{topic}: {} messages on {date} ({} read outside the day's window).",
-        read.messages.len(),
-        read.outside_window
-    );
-    if read.messages.is_empty() {
-        return Ok(None);
-    }
     let summary = stage_and_commit(settings, layout, date, started, Vec::new(), |sink| {
         sink.dedupe = false;
-        let mut stats_all = Vec::new();
-        for range in &read.ranges {
-            let msgs: Vec<_> = read
-                .messages
-                .iter()
-                .filter(|m| m.partition == range.partition)
-                .collect();
-            if msgs.is_empty() {
-                continue;
+        // One FileStats (and hash) per partition, in the order the partitions are read.
+        let mut parts: Vec<(FileStats, Sha256)> = Vec::new();
+        let mut source = None::<InputFile>;
+        let r = crate::kafka::read_day(&settings.kafka, topic, start_ms, end_ms, &mut |m| {
+            let rel = format!("kafka:{topic}/{}", m.partition);
+            if source.as_ref().is_none_or(|s| s.rel != rel) {
+                let f = InputFile {
+                    path: PathBuf::new(),
+                    rel,
+                    room: topic.to_string(),
+                    size: 0,
+                    gzip: false,
+                };
+                parts.push((
+                    FileStats {
+                        file: f.rel.clone(),
+                        room: f.room.clone(),
+                        format: Some(Format::Lines),
+                        ..Default::default()
+                    },
+                    Sha256::new(),
+                ));
+                source = Some(f);
             }
-            stats_all.push(kafka_partition(sink, topic, range.partition, &msgs)?);
-        }
-        Ok(stats_all)
+            let (stats, hasher) = parts.last_mut().expect("a partition");
+            kafka_message(sink, source.as_ref().expect("a source"), stats, hasher, &m)
+        })?;
+        tracing::info!(
+            "{topic}: {} messages on {date} ({} read outside the day's window).",
+            r.in_window,
+            r.outside_window
+        );
+        Ok(parts
+            .into_iter()
+            .map(|(mut stats, hasher)| {
+                stats.sha256 = hex::encode(hasher.finalize());
+                stats
+            })
+            .collect())
     })?;
-    tracing::info!(
-        "Staged {} records of {date} from Kafka topic {topic}.",
-        summary.totals.staged
-    );
-    Ok(Some(summary))
+    if let Some(s) = &summary {
+        tracing::info!(
+            "Staged {} records of {date} from Kafka topic {topic}.",
+            s.totals.staged
+        );
+    }
+    Ok(summary)
 }
 
-/// Stages one partition's messages of the day, each as one line.
-fn kafka_partition(
+/// Stages one Kafka message as one line of its partition.
+fn kafka_message(
     sink: &mut Sink,
-    topic: &str,
-    partition: i32,
-    msgs: &[&crate::kafka::DayMessage],
-) -> Result<FileStats> {
-    let source = InputFile {
-        path: PathBuf::new(),
-        rel: format!("kafka:{topic}/{partition}"),
-        room: topic.to_string(),
-        size: 0,
-        gzip: false,
-    };
-    let mut stats = FileStats {
-        file: source.rel.clone(),
-        room: source.room.clone(),
-        format: Some(Format::Lines),
-        ..Default::default()
-    };
-    let mut hasher = Sha256::new();
-    for m in msgs {
-        let offset = m.offset.max(0) as u64;
-        let payload = m.payload.as_deref().unwrap_or_default();
-        hasher.update(m.offset.to_le_bytes());
-        hasher.update((payload.len() as u64).to_le_bytes());
-        hasher.update(payload);
-        stats.size += payload.len() as u64;
-        stats.lines += 1;
-        if payload.len() > sink.max_line {
-            let detail = format!(
-                "message of {} bytes exceeds max_line_bytes {}; first {} bytes kept",
-                payload.len(),
-                sink.max_line,
-                sink.max_line
-            );
-            sink.reject(
-                &mut stats,
-                offset,
-                "line_too_long",
-                detail,
-                &payload[..sink.max_line],
-                Some(payload.len() as u64),
-            )?;
-            continue;
+    source: &InputFile,
+    stats: &mut FileStats,
+    hasher: &mut Sha256,
+    m: &crate::kafka::DayMessage,
+) -> Result<()> {
+    let offset = m.offset.max(0) as u64;
+    let payload = m.payload.as_deref().unwrap_or_default();
+    hasher.update(m.offset.to_le_bytes());
+    hasher.update((payload.len() as u64).to_le_bytes());
+    hasher.update(payload);
+    stats.size += payload.len() as u64;
+    stats.lines += 1;
+    if payload.len() > sink.max_line {
+        let detail = format!(
+            "message of {} bytes exceeds max_line_bytes {}; first {} bytes kept",
+            payload.len(),
+            sink.max_line,
+            sink.max_line
+        );
+        let kept = &payload[..sink.max_line];
+        return sink.reject(
+            stats,
+            offset,
+            "line_too_long",
+            detail,
+            kept,
+            Some(payload.len() as u64),
+        );
+    }
+    match classify_line(&sink.normalizer, &sink.limits, payload, offset, source) {
+        LineOut::Blank => stats.blank += 1,
+        LineOut::Noise => sink.reject(
+            stats,
+            offset,
+            "not_a_record",
+            "the message holds no {...} record".into(),
+            payload,
+            None,
+        )?,
+        LineOut::TooLong(total) => {
+            return Err(Error::Internal(format!(
+                "message of {total} bytes classified as too long after the length check"
+            )));
         }
-        match classify_line(&sink.normalizer, &sink.limits, payload, offset, &source) {
-            LineOut::Blank => stats.blank += 1,
-            LineOut::Noise => sink.reject(
-                &mut stats,
-                offset,
-                "not_a_record",
-                "the message holds no {...} record".into(),
-                payload,
-                None,
-            )?,
-            LineOut::TooLong(total) => {
-                return Err(Error::Internal(format!(
-                    "message of {total} bytes classified as too long after the length check"
-                )));
-            }
-            LineOut::Reject(reason, detail) => {
-                sink.reject(&mut stats, offset, reason, detail, payload, None)?
-            }
-            LineOut::Record(mut record, drops) => {
-                record.kafka_offset = Some(m.offset);
-                stats.record_lines += 1;
-                stats.dropped.add(&drops);
-                sink.stage(&mut stats, *record)?;
-            }
+        LineOut::Reject(reason, detail) => {
+            sink.reject(stats, offset, reason, detail, payload, None)?
+        }
+        LineOut::Record(mut record, drops) => {
+            record.kafka_offset = Some(m.offset);
+            stats.record_lines += 1;
+            stats.dropped.add(&drops);
+            sink.stage(stats, *record)?;
         }
     }
-    stats.sha256 = hex::encode(hasher.finalize());
-    Ok(stats)
+    Ok(())
 }
 
 /// Stages a date from a source: builds staging and rejects in temporary directories with
-/// `fill`, then commits both (or, over the reject threshold, only the rejects).
+/// `fill`, then commits both (or, over the reject threshold, only the rejects). A `fill` that
+/// found no input at all (no file stats) commits nothing and gives `None`.
 fn stage_and_commit(
     settings: &Settings,
     layout: &Layout,
@@ -431,7 +436,7 @@ fn stage_and_commit(
     started: Instant,
     skipped_paths: Vec<crate::input::SkippedPath>,
     fill: impl FnOnce(&mut Sink) -> Result<Vec<FileStats>>,
-) -> Result<ExtractSummary> {
+) -> Result<Option<ExtractSummary>> {
     for leftover in layout.tmp_leftovers(date)? {
         crate::layout::remove_path(&leftover)
             .map_err(|e| Error::io("cannot remove", &leftover, e))?;
@@ -440,7 +445,12 @@ fn stage_and_commit(
     let rejects_tmp = layout.new_tmp_dir("rejects", date)?;
     let result = extract_into(settings, date, &staging_tmp, &rejects_tmp, fill);
     let (mut summary, reject_ratio) = match result {
-        Ok(v) => v,
+        Ok(v) if !v.0.files.is_empty() => v,
+        Ok(_) => {
+            let _ = crate::layout::remove_path(&staging_tmp);
+            let _ = crate::layout::remove_path(&rejects_tmp);
+            return Ok(None);
+        }
         Err(e) => {
             let _ = crate::layout::remove_path(&staging_tmp);
             let _ = crate::layout::remove_path(&rejects_tmp);
@@ -469,7 +479,7 @@ fn stage_and_commit(
     write_synced(&summary_path, &text)?;
     fsync_path(&staging_tmp).map_err(|e| Error::io("cannot sync", &staging_tmp, e))?;
     swap_into_place(&staging_tmp, &layout.staging_dir(date))?;
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 /// Writes a file and fsyncs it.

@@ -147,7 +147,9 @@ pub fn message_json(settings: &Settings, text: &str, epoch_s: i64) -> Value {
     Value::Object(m)
 }
 
-/// Decides the status from the status file: the stage that started last tells.
+/// Decides the status from the status file: the stage that started last tells. A success needs
+/// the last stage to be `aggregate` or `run`; a pipeline that stopped earlier (a later task
+/// failed before chatetl could record anything) is a failure.
 fn decide(
     layout: &Layout,
     date: NaiveDate,
@@ -180,7 +182,18 @@ fn decide(
         ));
     }
     Ok(match s.exit_code {
-        Some(0) => (NotifyStatus::Success, FailureInfo::default()),
+        // Only a finished pipeline is a success: the last stage is aggregate (or run).
+        Some(0) if matches!(stage.as_str(), "aggregate" | "run") => {
+            (NotifyStatus::Success, FailureInfo::default())
+        }
+        Some(0) => (
+            NotifyStatus::Failure,
+            FailureInfo {
+                stage: Some(stage.clone()),
+                exit_code: None,
+                error: Some("the stages after it did not run".into()),
+            },
+        ),
         Some(99) => (NotifyStatus::Skipped, FailureInfo::default()),
         code => (
             NotifyStatus::Failure,
@@ -335,6 +348,15 @@ mod tests {
         assert_eq!(
             text,
             "chatetl 2024-10-24: failure, extract exited 65 (data_error): too many rejects"
+        );
+        let t = status::begin(&layout, d, "write");
+        status::finish(&layout, d, "write", t, ExitCode::Ok, None);
+        let st = status::read(&layout, d);
+        let (s, f) = decide(&layout, d, &st).unwrap();
+        assert_eq!(s, NotifyStatus::Failure);
+        assert_eq!(
+            default_text(&layout, d, s, &f, &st, None),
+            "chatetl 2024-10-24: failure, write: the stages after it did not run"
         );
         let t = status::begin(&layout, d, "aggregate");
         status::finish(&layout, d, "aggregate", t, ExitCode::Ok, None);
