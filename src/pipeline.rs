@@ -336,6 +336,12 @@ fn run_date(
     res: &mut DateResult,
 ) -> Result<()> {
     let _lock = DateLock::acquire(layout, date, "chatetl run")?;
+    // Whatever a killed run of this date left in out/_tmp goes now (we hold the date's lock, so
+    // no live process owns it), also when the date turns out to be up to date.
+    for leftover in layout.tmp_leftovers(date)? {
+        crate::layout::remove_path(&leftover)
+            .map_err(|e| Error::io("cannot remove", &leftover, e))?;
+    }
     let found = res.stage("check-log", || check_log::discover(settings, date))?;
     res.files = found.files.len();
     if !found.has_input() {

@@ -322,7 +322,7 @@ fn two_runs_of_one_date_one_waits_out_and_different_dates_run_in_parallel() {
         .map(|c| {
             let o = c.wait_with_output().unwrap();
             if code(&o) == 75 {
-                assert!(stderr(&o).contains("is locked by pid"), "{}", stderr(&o));
+                assert!(stderr(&o).contains("is locked by"), "{}", stderr(&o));
             }
             code(&o)
         })
@@ -330,4 +330,104 @@ fn two_runs_of_one_date_one_waits_out_and_different_dates_run_in_parallel() {
     assert!(codes.iter().all(|c| *c == 0 || *c == 75), "{codes:?}");
     assert!(codes.contains(&0), "{codes:?}");
     assert!(out.join("messages/date=2024-10-24/_SUCCESS").is_file());
+}
+
+/// Checks a committed date: the manifest lists exactly the Parquet files on disk, with their
+/// sizes and SHA-256. Returns the manifest.
+fn assert_complete(date_dir: &Path) -> Value {
+    use sha2::{Digest, Sha256};
+    let m: Value = serde_json::from_slice(&fs::read(date_dir.join("_SUCCESS")).unwrap()).unwrap();
+    let mut listed: Vec<String> = Vec::new();
+    for f in m["files"].as_array().unwrap() {
+        let p = date_dir.join(f["path"].as_str().unwrap());
+        let bytes = fs::read(&p).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            f["bytes"].as_u64().unwrap(),
+            "{}",
+            p.display()
+        );
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            f["sha256"].as_str().unwrap()
+        );
+        listed.push(f["path"].as_str().unwrap().to_string());
+    }
+    let mut on_disk: Vec<String> = tree(date_dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    listed.sort();
+    assert_eq!(on_disk, listed);
+    m
+}
+
+/// A small tmpfs at `dir` (root only); None when mounting is not allowed here.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_exits_74_keeps_the_previous_output_and_removes_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let Some(_fs) = Tmpfs::mount(&out, "3m") else {
+        assert!(
+            std::env::var("CHATETL_REQUIRE_TMPFS").as_deref() != Ok("1"),
+            "CHATETL_REQUIRE_TMPFS=1 but tmpfs cannot be mounted"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let input = dir.path().join("in");
+    fs::create_dir_all(input.join("lobby")).unwrap();
+    let log = input.join("lobby/chat_2024-10-24.log");
+    let line = |i: usize| {
+        format!(
+            "{{'user': 'u{}', 'message': 'message number {i} 안녕하세요'}}\n",
+            i % 50
+        )
+    };
+    fs::write(&log, (0..2_000).map(line).collect::<String>()).unwrap();
+    let args = [
+        "--input-root",
+        input.to_str().unwrap(),
+        "--output-root",
+        out.to_str().unwrap(),
+        "run",
+        "--date",
+        "2024-10-24",
+    ];
+    ok(chatetl(dir.path()).args(args).output().unwrap());
+    let date_dir = out.join("messages/date=2024-10-24");
+    let before = assert_complete(&date_dir);
+    // Ten times the input no longer fits: 74, one line, the previous output as it was.
+    fs::write(&log, (0..60_000).map(line).collect::<String>()).unwrap();
+    let o = chatetl(dir.path()).args(args).output().unwrap();
+    assert_eq!(code(&o), 74, "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("No space left"), "{}", stderr(&o));
+    assert_eq!(assert_complete(&date_dir), before);
+    let tmp = out.join("_tmp");
+    let leftovers: Vec<_> = fs::read_dir(&tmp).map(|d| d.collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
