@@ -425,6 +425,33 @@ impl Settings {
             };
             properties.insert(k, v);
         }
+        for (key, in_file) in [
+            ("kafka.sender", kf.sender.is_some()),
+            ("kafka.time_lookup", kf.time_lookup.is_some()),
+            ("kafka.keys", kf.keys.is_some()),
+            ("kafka.properties", !properties.is_empty()),
+        ] {
+            sources.insert(
+                key,
+                if in_file {
+                    Source::File
+                } else {
+                    Source::Default
+                },
+            );
+        }
+        if config_file.is_some() {
+            sources.insert(
+                "config_file",
+                if args.config.is_some() {
+                    Source::Flag
+                } else if env("CHATETL_CONFIG").is_some_and(|s| !s.is_empty()) {
+                    Source::Env
+                } else {
+                    Source::Default
+                },
+            );
+        }
         let kafka = KafkaSettings {
             brokers,
             topic,
@@ -567,14 +594,7 @@ impl Settings {
                     .sources
                     .get(k.as_str())
                     .map(|s| format!("{s:?}").to_lowercase())
-                    .unwrap_or_else(|| {
-                        if k.starts_with("kafka.") {
-                            "file or default"
-                        } else {
-                            "-"
-                        }
-                        .into()
-                    });
+                    .unwrap_or_else(|| "-".into());
                 out.push_str(&format!("{k} = {v}    # {source}\n"));
             }
         }

@@ -156,7 +156,17 @@ pub fn run(settings: &Settings, opts: &RunOptions) -> Result<Outcome> {
         let failure = match r {
             Ok(()) => {
                 if let Some(t) = recorded_at {
-                    status::finish(&layout, date, "run", t, res.exit, None);
+                    let word = if res.status == "up_to_date" {
+                        "up_to_date"
+                    } else {
+                        "ok"
+                    };
+                    let word = if res.exit == ExitCode::Ok {
+                        word
+                    } else {
+                        res.exit.name()
+                    };
+                    status::finish_as(&layout, date, "run", t, res.exit, word, None);
                 }
                 None
             }
@@ -293,7 +303,11 @@ fn notify_date(
         status,
         &failure.clone().unwrap_or_default(),
         &st,
-        Some(res.duration_s),
+        if res.status == "up_to_date" {
+            notify::Took::UpToDate
+        } else {
+            notify::Took::Measured(res.duration_s)
+        },
     );
     let date = res.date;
     let sent = res.stage("notify", || {

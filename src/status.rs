@@ -114,6 +114,23 @@ pub fn finish(
     exit: ExitCode,
     error: Option<String>,
 ) {
+    let status = match exit {
+        ExitCode::Ok => "ok",
+        other => other.name(),
+    };
+    finish_as(layout, date, stage, started_at, exit, status, error);
+}
+
+/// Records how `stage` of `date` ended, with a status word of its own (`up_to_date`).
+pub fn finish_as(
+    layout: &Layout,
+    date: NaiveDate,
+    stage: &str,
+    started_at: DateTime<Utc>,
+    exit: ExitCode,
+    status: &str,
+    error: Option<String>,
+) {
     let now = Utc::now();
     let mut st = read(layout, date);
     st.date = Some(date);
@@ -121,10 +138,7 @@ pub fn finish(
     st.stages.insert(
         stage.to_string(),
         StageStatus {
-            status: match exit {
-                ExitCode::Ok => "ok".to_string(),
-                other => other.name().to_string(),
-            },
+            status: status.to_string(),
             exit_code: Some(exit.code()),
             error,
             started_at,

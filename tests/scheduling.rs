@@ -249,6 +249,11 @@ fn the_example_dag_runs_a_day_and_skips_a_day_without_logs() {
 }
 
 fn cron_wrapper(dir: &Path, day: &str) -> (i32, String, String) {
+    cron_wrapper_args(dir, Some(day), day)
+}
+
+/// Runs the wrapper with `arg` (or none) and reads the log of `day`.
+fn cron_wrapper_args(dir: &Path, arg: Option<&str>, day: &str) -> (i32, String, String) {
     let mut c = Command::new(repo().join("examples/cron/chatetl-daily.sh"));
     for (k, _) in std::env::vars() {
         if k.starts_with("CHATETL_") {
@@ -256,7 +261,8 @@ fn cron_wrapper(dir: &Path, day: &str) -> (i32, String, String) {
         }
     }
     let o = c
-        .arg(day)
+        .args(arg)
+        .env("CHATETL_DAY_TZ", "Asia/Seoul")
         .env("CHATETL_BIN", env!("CARGO_BIN_EXE_chatetl"))
         .env("CHATETL_LOG_DIR", dir.join("logs"))
         .env("CHATETL_INPUT_ROOT", repo().join("sample_logs"))
@@ -300,4 +306,15 @@ fn cron_wrapper_logs_and_keeps_the_exit_code() {
         "{log}"
     );
     assert!(log.contains("up_to_date"), "{log}");
+    // Without a date: yesterday in CHATETL_DAY_TZ.
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Seoul)
+        .date_naive();
+    let yesterday = today.pred_opt().unwrap().to_string();
+    let (code, log, err) = cron_wrapper_args(dir.path(), None, &yesterday);
+    assert!(
+        log.contains(&format!("chatetl run --date {yesterday}")),
+        "{log}{err}"
+    );
+    assert_eq!(code, 99, "{log}{err}");
 }

@@ -16,8 +16,9 @@ set -uo pipefail
 bin=${CHATETL_BIN:-chatetl}
 tz=${CHATETL_DAY_TZ:-${CHATETL_TZ:-Asia/Seoul}}
 log_dir=${CHATETL_LOG_DIR:-$HOME/chatetl-logs}
-# Noon of today minus one day: right even when a DST change falls at midnight.
-day=${1:-$(TZ=$tz date -d "$(TZ=$tz date +%F) 12:00 -1 day" +%F)}
+# Noon of today, one day ago: right even when a DST change falls at midnight. (Not "12:00 -1
+# day": GNU date reads "-1" there as a UTC-01 zone and goes a day forward.)
+day=${1:-$(TZ=$tz date -d "$(TZ=$tz date +%F) 12:00 1 day ago" +%F)}
 mkdir -p "$log_dir" || exit 73
 log="$log_dir/chatetl-$day.log"
 (

@@ -79,7 +79,7 @@ pub fn run(settings: &Settings, opts: &NotifyOptions) -> Result<Outcome> {
     };
     let text = match &opts.message {
         Some(m) => m.clone(),
-        None => default_text(&layout, opts.date, status, &failure, &st, None),
+        None => default_text(&layout, opts.date, status, &failure, &st, Took::FromStatus),
     };
     send(settings, opts.date, status, &text, opts.dry_run)
 }
@@ -220,14 +220,25 @@ fn last_failure(st: &DateStatus) -> FailureInfo {
         .unwrap_or_default()
 }
 
-/// The generated text. `duration_s` overrides the duration read from the status file.
+/// How long the date took to build, for a success's text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Took {
+    /// Measured by the caller (seconds).
+    Measured(f64),
+    /// The run found the date up to date and built nothing.
+    UpToDate,
+    /// Read from the status file: the last `run`, else extract + write + aggregate.
+    FromStatus,
+}
+
+/// The generated text.
 pub fn default_text(
     layout: &Layout,
     date: NaiveDate,
     status: NotifyStatus,
     failure: &FailureInfo,
     st: &DateStatus,
-    duration_s: Option<f64>,
+    took: Took,
 ) -> String {
     match status {
         NotifyStatus::Success | NotifyStatus::Auto => {
@@ -238,16 +249,22 @@ pub fn default_text(
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                 .and_then(|v| v.get("rooms").and_then(Value::as_u64));
-            let duration = duration_s.or_else(|| {
-                let run = st.stages.get("run").and_then(|s| s.duration_s);
-                run.or_else(|| {
+            let run = st.stages.get("run");
+            let took = match took {
+                Took::FromStatus if run.is_some_and(|r| r.status == "up_to_date") => Took::UpToDate,
+                other => other,
+            };
+            let duration = match took {
+                Took::Measured(d) => Some(d),
+                Took::UpToDate => None,
+                Took::FromStatus => run.and_then(|s| s.duration_s).or_else(|| {
                     let parts: Vec<f64> = ["extract", "write", "aggregate"]
                         .iter()
                         .filter_map(|s| st.stages.get(*s).and_then(|s| s.duration_s))
                         .collect();
                     (!parts.is_empty()).then(|| parts.iter().sum())
-                })
-            });
+                }),
+            };
             let mut t = format!(
                 "chatetl {date}: success, {} records from {} senders",
                 m.rows, m.counts.senders
@@ -259,6 +276,8 @@ pub fn default_text(
             t.push_str(&format!(", {} rejected line{plural}", m.counts.rejected));
             if let Some(d) = duration {
                 t.push_str(&format!(", took {d:.1} s"));
+            } else if took == Took::UpToDate {
+                t.push_str(", already up to date");
             }
             t
         }
@@ -344,7 +363,7 @@ mod tests {
         let st = status::read(&layout, d);
         let (s, f) = decide(&layout, d, &st).unwrap();
         assert_eq!(s, NotifyStatus::Failure);
-        let text = default_text(&layout, d, s, &f, &st, None);
+        let text = default_text(&layout, d, s, &f, &st, Took::FromStatus);
         assert_eq!(
             text,
             "chatetl 2024-10-24: failure, extract exited 65 (data_error): too many rejects"
@@ -355,7 +374,7 @@ mod tests {
         let (s, f) = decide(&layout, d, &st).unwrap();
         assert_eq!(s, NotifyStatus::Failure);
         assert_eq!(
-            default_text(&layout, d, s, &f, &st, None),
+            default_text(&layout, d, s, &f, &st, Took::FromStatus),
             "chatetl 2024-10-24: failure, write: the stages after it did not run"
         );
         let t = status::begin(&layout, d, "aggregate");
@@ -363,7 +382,14 @@ mod tests {
         let (s, _) = decide(&layout, d, &status::read(&layout, d)).unwrap();
         assert_eq!(s, NotifyStatus::Success);
         // Without a manifest a success says only that.
-        let text = default_text(&layout, d, s, &FailureInfo::default(), &st, None);
+        let text = default_text(
+            &layout,
+            d,
+            s,
+            &FailureInfo::default(),
+            &st,
+            Took::FromStatus,
+        );
         assert_eq!(text, "chatetl 2024-10-24: success");
     }
 }
