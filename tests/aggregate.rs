@@ -10,6 +10,9 @@ use std::process::{Command, Output};
 use polars::prelude::*;
 use serde_json::Value;
 
+mod common;
+use common::copy_tree;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -44,18 +47,6 @@ fn ok(o: Output) -> Output {
         String::from_utf8_lossy(&o.stderr)
     );
     o
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// sender key → [messages, characters, rooms, first_us, last_us]; null sender as "\0null".

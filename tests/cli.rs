@@ -7,60 +7,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// The repository root (where sample_logs lives).
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
 
-/// A command for the binary with `CHATETL_*` and `TZ` removed and cwd set to `dir`.
-fn chatetl(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_chatetl"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CHATETL_") || k == "TZ" || k.starts_with("AIRFLOW_CTX") {
-            c.env_remove(k);
-        }
-    }
-    c.env("TZ", "UTC").current_dir(dir);
-    c
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    chatetl(dir).args(args).output().expect("binary runs")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited normally")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A temp dir holding a copy of sample_logs as `in/` and an output root `out/`.
-fn workspace() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    copy_tree(&repo().join("sample_logs"), &input);
-    let out = dir.path().join("out");
-    (dir, input, out)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = e.path();
-        if p.is_dir() {
-            copy_tree(&p, &to.join(e.file_name()));
-        } else {
-            fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
+use common::{chatetl, code, repo, run, stderr, stdout, workspace};
 
 fn args<'a>(input: &'a Path, out: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![

@@ -303,11 +303,7 @@ fn run_notifies_success_skipped_and_failure() {
         &run_args(&input, &out, &b, &["--date", "2024-10-26"]),
     );
     assert_eq!(code(&o), 65, "{}", stderr(&o));
-    let msgs = consume(&b, "room", 1, 3);
-    let texts: Vec<&str> = msgs
-        .iter()
-        .map(|m| m["message"].as_str().unwrap())
-        .collect();
+    let texts = common::notification_texts(&b, "room", 3);
     assert_eq!(texts.len(), 3, "{texts:?}");
     assert!(
         texts[0].starts_with("chatetl 2024-10-24: success, "),

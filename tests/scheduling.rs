@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Tansu, consume, repo};
+use common::{Tansu, repo};
 use serde_json::Value;
 
 struct Airflow {
@@ -228,11 +228,7 @@ fn the_example_dag_runs_a_day_and_skips_a_day_without_logs() {
         ])
     );
 
-    let msgs = consume(&broker.brokers(), "chat", 1, 3);
-    let texts: Vec<&str> = msgs
-        .iter()
-        .map(|m| m["message"].as_str().unwrap())
-        .collect();
+    let texts = common::notification_texts(&broker.brokers(), "chat", 3);
     assert_eq!(texts.len(), 3, "{texts:?}");
     assert!(
         texts[2].starts_with("chatetl 2024-10-26: failure, extract exited 65 (data_error): "),

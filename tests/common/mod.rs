@@ -117,6 +117,14 @@ pub fn consume(brokers: &str, topic: &str, partitions: i32, want: usize) -> Vec<
     out
 }
 
+/// The `message` texts of the notifications in partition 0 of `topic` (waiting for `want`).
+pub fn notification_texts(brokers: &str, topic: &str, want: usize) -> Vec<String> {
+    consume(brokers, topic, 1, want)
+        .iter()
+        .map(|m| m["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// A Tansu broker (in-memory storage) on a free port of 127.0.0.1, killed on drop.
 pub struct Tansu {
     child: Child,
