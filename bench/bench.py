@@ -48,6 +48,7 @@ import sys, time, duckdb
 log, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 con = duckdb.connect()
 con.execute(f"SET threads = {threads}")
+con.execute("SET enable_progress_bar = false")
 con.execute(
     "COPY (SELECT * FROM read_json(?, format='newline_delimited', ignore_errors=true)) "
     "TO '" + out + "' (FORMAT parquet, PARTITION_BY (user))", [log])
@@ -69,7 +70,7 @@ def run_duckdb(python, log, work):
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"duckdb failed: {err.decode(errors='replace')}")
     shutil.rmtree(out, ignore_errors=True)
-    return int(stdout.strip()), wall, rusage.ru_maxrss / 1024
+    return int(stdout.split()[-1]), wall, rusage.ru_maxrss / 1024
 
 
 def main():
@@ -123,7 +124,7 @@ def main():
               f"{n_duck / 1e3 / t_duck:>10.0f}{rss_duck:>14.0f}")
         print(f"ratio chatetl extract+write / DuckDB: {t_duck / (t_ex + t_wr):.2f}x throughput; "
               f"run / DuckDB: {t_duck / t_run:.2f}x; records written: chatetl {rows}, "
-              f"DuckDB {n_duck} ({rows - n_duck} fewer)")
+              f"DuckDB {n_duck} ({n_duck - rows:+d})")
 
 
 if __name__ == "__main__":

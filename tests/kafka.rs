@@ -653,3 +653,96 @@ fn extract_from_kafka_stages_the_same_records_as_the_same_lines_in_a_file() {
     );
     assert_eq!(code(&o), 66, "{}", stderr(&o));
 }
+
+#[test]
+fn a_backfill_with_one_broken_date_ends_with_the_worst_code_and_the_others_complete() {
+    let (dir, input, out) = workspace();
+    // 2024-10-25 broken (only cut records), 2024-10-26 a good day.
+    for e in walk(&input) {
+        if e.to_string_lossy().contains("2024-10-25") || e.to_string_lossy().contains("20241025") {
+            fs::remove_file(e).unwrap();
+        }
+    }
+    fs::write(
+        input.join("lobby/chat_2024-10-25.log"),
+        "{'user': 'a', 'message': 'cut\n{'user': 'b', 'message': 'off\n",
+    )
+    .unwrap();
+    fs::copy(
+        input.join("lobby/chat_2024-10-24.log"),
+        input.join("lobby/chat_2024-10-26.log"),
+    )
+    .unwrap();
+    let m = mock(1, "room");
+    let b = m.bootstrap_servers();
+    let range = ["--from", "2024-10-24", "--to", "2024-10-26"];
+    // Without --continue-on-error the range stops at the broken date.
+    let o = run(dir.path(), &run_args(&input, &out, &b, &range));
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+    assert!(out.join("messages/date=2024-10-24/_SUCCESS").is_file());
+    assert!(!out.join("messages/date=2024-10-26").exists());
+    // With it, the other two complete and the exit code is still the worst.
+    let mut args = run_args(&input, &out, &b, &range);
+    args.extend(["--continue-on-error", "--json"]);
+    let o = run(dir.path(), &args);
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let per_date: Vec<(String, i64)> = v["dates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["date"].as_str().unwrap().to_string(),
+                d["exit_code"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_date,
+        [
+            ("2024-10-24".to_string(), 0),
+            ("2024-10-25".to_string(), 65),
+            ("2024-10-26".to_string(), 0)
+        ]
+    );
+    for d in ["2024-10-24", "2024-10-26"] {
+        assert!(
+            out.join(format!("messages/date={d}/_SUCCESS")).is_file(),
+            "{d}"
+        );
+        assert!(
+            out.join(format!("aggregates/date={d}/summary.json"))
+                .is_file(),
+            "{d}"
+        );
+    }
+    assert!(!out.join("messages/date=2024-10-25/_SUCCESS").exists());
+    // Each date told the room: success, failure (twice: both runs), success.
+    let texts = common::notification_texts(&b, "room", 5);
+    let heads: Vec<&str> = texts.iter().map(|t| &t[..28.min(t.len())]).collect();
+    assert_eq!(
+        heads,
+        [
+            "chatetl 2024-10-24: success,",
+            "chatetl 2024-10-25: failure,",
+            "chatetl 2024-10-24: success,",
+            "chatetl 2024-10-25: failure,",
+            "chatetl 2024-10-26: success,",
+        ]
+    );
+}
+
+/// Every file under `root`.
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
