@@ -720,6 +720,60 @@ fn write_is_deterministic_and_manifest_matches() {
     );
 }
 
+/// Every file under `root` with its bytes and modification time.
+fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let modified = fs::metadata(&p).unwrap().modified().unwrap();
+                out.push((p.clone(), fs::read(&p).unwrap(), modified));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn run_twice_is_byte_identical_and_never_touches_another_date() {
+    let (dir, input, out) = workspace();
+    for date in ["2024-10-24", "2024-10-25"] {
+        let o = run(dir.path(), &args(&input, &out, &["run", "--date", date]));
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let other: Vec<PathBuf> = ["messages", "rejects", "aggregates"]
+        .iter()
+        .map(|d| out.join(d).join("date=2024-10-25"))
+        .collect();
+    let before: Vec<_> = other.iter().map(|d| snapshot(d)).collect();
+    let strip = |v: Vec<(PathBuf, Vec<u8>, std::time::SystemTime)>| {
+        v.into_iter().map(|(p, b, _)| (p, b)).collect::<Vec<_>>()
+    };
+    let first = strip(snapshot(&out.join("messages/date=2024-10-24")));
+    let first_agg = strip(snapshot(&out.join("aggregates/date=2024-10-24")));
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["run", "--force", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        strip(snapshot(&out.join("messages/date=2024-10-24"))),
+        first
+    );
+    assert_eq!(
+        strip(snapshot(&out.join("aggregates/date=2024-10-24"))),
+        first_agg
+    );
+    // The other date: same bytes, same modification times.
+    let after: Vec<_> = other.iter().map(|d| snapshot(d)).collect();
+    assert_eq!(after, before);
+}
+
 /// Checks that `messages/date=D` is complete: `_SUCCESS` lists exactly the Parquet files on disk,
 /// with their sizes and hashes. Returns the manifest's row count.
 fn assert_complete_date(date_dir: &Path) -> u64 {
