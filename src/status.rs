@@ -80,28 +80,31 @@ pub fn airflow_try_number() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Marks `stage` of `date` as running.
-pub fn begin(layout: &Layout, date: NaiveDate, stage: &str) -> DateTime<Utc> {
-    let now = Utc::now();
+/// Stores `entry` as `stage`'s outcome and `stage` as the last one (best effort).
+fn put(layout: &Layout, date: NaiveDate, stage: &str, entry: StageStatus) {
     let mut st = read(layout, date);
     st.date = Some(date);
     st.last = Some(stage.to_string());
-    st.stages.insert(
-        stage.to_string(),
-        StageStatus {
-            status: "running".into(),
-            exit_code: None,
-            error: None,
-            started_at: now,
-            finished_at: None,
-            duration_s: None,
-            try_number: airflow_try_number(),
-            pid: std::process::id(),
-        },
-    );
+    st.stages.insert(stage.to_string(), entry);
     if let Err(e) = save(layout, date, &st) {
         tracing::warn!("cannot record the status of {date}: {e}");
     }
+}
+
+/// Marks `stage` of `date` as running.
+pub fn begin(layout: &Layout, date: NaiveDate, stage: &str) -> DateTime<Utc> {
+    let now = Utc::now();
+    let entry = StageStatus {
+        status: "running".into(),
+        exit_code: None,
+        error: None,
+        started_at: now,
+        finished_at: None,
+        duration_s: None,
+        try_number: airflow_try_number(),
+        pid: std::process::id(),
+    };
+    put(layout, date, stage, entry);
     now
 }
 
@@ -132,25 +135,17 @@ pub fn finish_as(
     error: Option<String>,
 ) {
     let now = Utc::now();
-    let mut st = read(layout, date);
-    st.date = Some(date);
-    st.last = Some(stage.to_string());
-    st.stages.insert(
-        stage.to_string(),
-        StageStatus {
-            status: status.to_string(),
-            exit_code: Some(exit.code()),
-            error,
-            started_at,
-            finished_at: Some(now),
-            duration_s: Some((now - started_at).num_milliseconds() as f64 / 1000.0),
-            try_number: airflow_try_number(),
-            pid: std::process::id(),
-        },
-    );
-    if let Err(e) = save(layout, date, &st) {
-        tracing::warn!("cannot record the status of {date}: {e}");
-    }
+    let entry = StageStatus {
+        status: status.to_string(),
+        exit_code: Some(exit.code()),
+        error,
+        started_at,
+        finished_at: Some(now),
+        duration_s: Some((now - started_at).num_milliseconds() as f64 / 1000.0),
+        try_number: airflow_try_number(),
+        pid: std::process::id(),
+    };
+    put(layout, date, stage, entry);
 }
 
 #[cfg(test)]
