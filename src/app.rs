@@ -138,14 +138,12 @@ fn recorded(
     f: impl FnOnce() -> Result<Outcome>,
 ) -> Result<Outcome> {
     let layout = Layout::new(&settings.output_root);
-    // A refused output root, or a date another process is working on (this stage will be turned
-    // away with 75): record nothing, so the other process's status stands.
-    if stage::clean_output::check_output_root(settings).is_err()
-        || crate::lock::is_held(&layout, date)
-    {
+    if stage::clean_output::check_output_root(settings).is_err() {
         return f();
     }
-    let started = status::begin(&layout, date, stage);
+    let Some(started) = status::begin_unless_locked(&layout, date, stage) else {
+        return f();
+    };
     let result = f();
     match &result {
         Ok(o) => status::finish(&layout, date, stage, started, o.exit, None),

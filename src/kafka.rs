@@ -235,6 +235,24 @@ fn delivery_error(ctx: &Context, topic: &str, e: &KafkaError) -> Error {
     Error::Unavailable(format!("Kafka refused delivery to topic {topic}: {e}"))
 }
 
+/// A connection could not be made or was lost (refused, unknown host, every broker down).
+fn is_connection_error(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::Resolve
+    )
+}
+
+/// The message's timestamp in epoch milliseconds (create or append time), if it has one.
+fn timestamp_ms<M: Message>(m: &M) -> Option<i64> {
+    match m.timestamp() {
+        Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+        Timestamp::NotAvailable => None,
+    }
+}
+
 /// Errors worth retrying later (the broker may recover), as opposed to a refusal.
 fn is_retriable(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
@@ -506,10 +524,7 @@ fn ts_at(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) if m.partition() == partition && m.offset() >= offset => {
                 if m.offset() == offset {
-                    found = match m.timestamp() {
-                        Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
-                        Timestamp::NotAvailable => None,
-                    };
+                    found = timestamp_ms(&m);
                 }
                 break;
             }
@@ -572,15 +587,7 @@ fn read_range(
                 // Connection trouble (a broker restarting, a leader moving) is retried by
                 // librdkafka: wait for it up to the no-progress timeout.
                 let code = e.rdkafka_error_code();
-                let transient = code.is_some_and(|c| {
-                    is_retriable(c)
-                        || matches!(
-                            c,
-                            RDKafkaErrorCode::BrokerTransportFailure
-                                | RDKafkaErrorCode::AllBrokersDown
-                                | RDKafkaErrorCode::Resolve
-                        )
-                });
+                let transient = code.is_some_and(|c| is_retriable(c) || is_connection_error(c));
                 if !transient {
                     return Err(Error::Unavailable(format!(
                         "cannot read Kafka topic {topic}/{}: {e}",
@@ -601,10 +608,7 @@ fn read_range(
                     continue;
                 }
                 next = m.offset() + 1;
-                let ts = match m.timestamp() {
-                    Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
-                    Timestamp::NotAvailable => None,
-                };
+                let ts = timestamp_ms(&m);
                 if m.offset() >= range.stop && ts.is_none_or(|t| t >= stop_ms) {
                     break;
                 }
@@ -656,16 +660,10 @@ fn metadata_error(
     }
     let early = started.elapsed() < timeout.mul_f64(0.9);
     match e.rdkafka_error_code() {
-        Some(
-            RDKafkaErrorCode::BrokerTransportFailure
-            | RDKafkaErrorCode::AllBrokersDown
-            | RDKafkaErrorCode::Resolve,
-        ) if early => Error::Unavailable(format!("Kafka broker unreachable: {e}")),
-        Some(
-            RDKafkaErrorCode::BrokerTransportFailure
-            | RDKafkaErrorCode::AllBrokersDown
-            | RDKafkaErrorCode::Resolve,
-        ) => Error::Temporary(format!(
+        Some(c) if is_connection_error(c) && early => {
+            Error::Unavailable(format!("Kafka broker unreachable: {e}"))
+        }
+        Some(c) if is_connection_error(c) => Error::Temporary(format!(
             "Kafka did not answer about topic {topic} within {:.1} s",
             timeout.as_secs_f64()
         )),

@@ -147,26 +147,15 @@ pub fn run(settings: &Settings, opts: &RunOptions) -> Result<Outcome> {
     let mut last_err = None;
     loop {
         let started = Instant::now();
-        // Another process on this date: it will turn us away (75); leave its status alone.
-        let recorded_at =
-            (!crate::lock::is_held(&layout, date)).then(|| status::begin(&layout, date, "run"));
+        let recorded_at = status::begin_unless_locked(&layout, date, "run");
         let mut res = DateResult::new(date);
         let r = run_date(settings, &layout, date, opts.force, &mut res);
         res.duration_s = started.elapsed().as_secs_f64();
         let failure = match r {
             Ok(()) => {
                 if let Some(t) = recorded_at {
-                    let word = if res.status == "up_to_date" {
-                        "up_to_date"
-                    } else {
-                        "ok"
-                    };
-                    let word = if res.exit == ExitCode::Ok {
-                        word
-                    } else {
-                        res.exit.name()
-                    };
-                    status::finish_as(&layout, date, "run", t, res.exit, word, None);
+                    // ok, up_to_date or skipped, as in the run's own summary.
+                    status::finish_as(&layout, date, "run", t, res.exit, &res.status, None);
                 }
                 None
             }
@@ -317,7 +306,7 @@ fn notify_date(
         Ok(o) => {
             res.notified = Some(json!({
                 "topic": o.json["topic"], "partition": o.json["partition"],
-                "offset": o.json["offset"], "outcome": status_name(status),
+                "offset": o.json["offset"], "outcome": status.as_str(),
             }))
         }
         Err(e) => {
@@ -329,15 +318,6 @@ fn notify_date(
                 res.error = Some(e.to_string());
             }
         }
-    }
-}
-
-fn status_name(s: NotifyStatus) -> &'static str {
-    match s {
-        NotifyStatus::Success => "success",
-        NotifyStatus::Failure => "failure",
-        NotifyStatus::Skipped => "skipped",
-        NotifyStatus::Auto => "auto",
     }
 }
 

@@ -108,6 +108,13 @@ pub fn begin(layout: &Layout, date: NaiveDate, stage: &str) -> DateTime<Utc> {
     now
 }
 
+/// Marks `stage` of `date` as running, unless another process holds the date's lock: that one
+/// will turn this stage away (75), and its status must stand. Returns the start time to pass to
+/// [`finish`] when something was recorded.
+pub fn begin_unless_locked(layout: &Layout, date: NaiveDate, stage: &str) -> Option<DateTime<Utc>> {
+    (!crate::lock::is_held(layout, date)).then(|| begin(layout, date, stage))
+}
+
 /// Records how `stage` of `date` ended.
 pub fn finish(
     layout: &Layout,

@@ -380,50 +380,23 @@ fn kafka_message(
     hasher.update((payload.len() as u64).to_le_bytes());
     hasher.update(payload);
     stats.size += payload.len() as u64;
-    stats.lines += 1;
     if payload.len() > sink.max_line {
-        let detail = format!(
-            "message of {} bytes exceeds max_line_bytes {}; first {} bytes kept",
-            payload.len(),
-            sink.max_line,
-            sink.max_line
-        );
-        let kept = &payload[..sink.max_line];
-        return sink.reject(
-            stats,
-            offset,
-            "line_too_long",
-            detail,
-            kept,
-            Some(payload.len() as u64),
-        );
+        let out = LineOut::TooLong(payload.len() as u64);
+        return account(sink, stats, offset, &payload[..sink.max_line], out);
     }
-    match classify_line(&sink.normalizer, &sink.limits, payload, offset, source) {
-        LineOut::Blank => stats.blank += 1,
-        LineOut::Noise => sink.reject(
-            stats,
-            offset,
-            "not_a_record",
-            "the message holds no {...} record".into(),
-            payload,
-            None,
-        )?,
-        LineOut::TooLong(total) => {
-            return Err(Error::Internal(format!(
-                "message of {total} bytes classified as too long after the length check"
-            )));
-        }
-        LineOut::Reject(reason, detail) => {
-            sink.reject(stats, offset, reason, detail, payload, None)?
+    // Every message should hold a record: one that does not is rejected, not noise. The record's
+    // offset is the message's.
+    let out = match classify_line(&sink.normalizer, &sink.limits, payload, offset, source) {
+        LineOut::Noise => {
+            LineOut::Reject("not_a_record", "the message holds no {...} record".into())
         }
         LineOut::Record(mut record, drops) => {
             record.kafka_offset = Some(m.offset);
-            stats.record_lines += 1;
-            stats.dropped.add(&drops);
-            sink.stage(stats, *record)?;
+            LineOut::Record(record, drops)
         }
-    }
-    Ok(())
+        other => other,
+    };
+    account(sink, stats, offset, payload, out)
 }
 
 /// Stages a date from a source: builds staging and rejects in temporary directories with
@@ -1053,32 +1026,44 @@ fn lines_mode<R: BufRead>(
         );
         for (l, out) in lines.iter().zip(outs.drain(..)) {
             line_no += 1;
-            stats.lines += 1;
-            let line = &data[l.start..l.end];
-            match out {
-                LineOut::Blank => stats.blank += 1,
-                LineOut::Noise => stats.noise += 1,
-                LineOut::TooLong(total) => sink.reject(
-                    stats,
-                    line_no,
-                    "line_too_long",
-                    format!(
-                        "line of {total} bytes exceeds max_line_bytes {}; first {} bytes kept",
-                        sink.max_line,
-                        line.len()
-                    ),
-                    line,
-                    Some(total),
-                )?,
-                LineOut::Reject(reason, detail) => {
-                    sink.reject(stats, line_no, reason, detail, line, None)?
-                }
-                LineOut::Record(record, drops) => {
-                    stats.record_lines += 1;
-                    stats.dropped.add(&drops);
-                    sink.stage(stats, *record)?;
-                }
-            }
+            account(sink, stats, line_no, &data[l.start..l.end], out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Counts one line by what it turned out to be: blank, noise, rejected (into the rejects file,
+/// `line` being the bytes kept) or a record to stage.
+fn account(
+    sink: &mut Sink,
+    stats: &mut FileStats,
+    line_no: u64,
+    line: &[u8],
+    out: LineOut,
+) -> Result<()> {
+    stats.lines += 1;
+    match out {
+        LineOut::Blank => stats.blank += 1,
+        LineOut::Noise => stats.noise += 1,
+        LineOut::TooLong(total) => sink.reject(
+            stats,
+            line_no,
+            "line_too_long",
+            format!(
+                "line of {total} bytes exceeds max_line_bytes {}; first {} bytes kept",
+                sink.max_line,
+                line.len()
+            ),
+            line,
+            Some(total),
+        )?,
+        LineOut::Reject(reason, detail) => {
+            sink.reject(stats, line_no, reason, detail, line, None)?
+        }
+        LineOut::Record(record, drops) => {
+            stats.record_lines += 1;
+            stats.dropped.add(&drops);
+            sink.stage(stats, *record)?;
         }
     }
     Ok(())

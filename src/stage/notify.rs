@@ -34,7 +34,8 @@ pub enum NotifyStatus {
 }
 
 impl NotifyStatus {
-    fn as_str(self) -> &'static str {
+    /// `success`, `failure`, `skipped` or `auto`.
+    pub fn as_str(self) -> &'static str {
         match self {
             NotifyStatus::Success => "success",
             NotifyStatus::Failure => "failure",
