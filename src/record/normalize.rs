@@ -69,8 +69,8 @@ pub struct Origin<'a> {
 /// Normalises records; built once per run from the settings.
 #[derive(Debug, Clone)]
 pub struct Normalizer {
-    aliases: HashMap<String, (FieldIdx, usize)>,
-    system_senders: HashSet<String>,
+    aliases: HashMap<String, (FieldIdx, usize), foldhash::fast::RandomState>,
+    system_senders: HashSet<String, foldhash::fast::RandomState>,
     tz: Tz,
 }
 
@@ -87,7 +87,7 @@ impl Normalizer {
     /// Builds a normaliser from aliases, system senders and zone.
     pub fn new(settings: &Settings) -> Normalizer {
         let f = &settings.fields;
-        let mut aliases = HashMap::new();
+        let mut aliases = HashMap::default();
         for (idx, list) in [&f.sender, &f.message, &f.time, &f.room, &f.offset]
             .into_iter()
             .enumerate()

@@ -994,7 +994,23 @@ fn prefix_offset(prefix: &[u8]) -> Option<i64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
+/// A chunk of complete lines read from a file.
+#[derive(Default)]
+struct Chunk {
+    data: Vec<u8>,
+    lines: Vec<LineRef>,
+    /// Lines of the file before this chunk.
+    first_line_no: u64,
+}
+
+/// A chunk handed to a parser thread, and where its lines' outcomes go.
+type ParseJob = (Chunk, std::sync::mpsc::SyncSender<(Chunk, Vec<LineOut>)>);
+
 /// Line-oriented formats.
+///
+/// A pipeline: this thread reads chunks of lines and stages the records, in line order, while
+/// parser threads (one per core) classify, parse and normalise whole chunks ahead of it, a few
+/// chunks in flight at a time. Parsing is pure, so the parsers share nothing but the normaliser.
 fn lines_mode<R: BufRead>(
     sink: &mut Sink,
     stats: &mut FileStats,
@@ -1005,31 +1021,81 @@ fn lines_mode<R: BufRead>(
         limit: sink.max_line,
         first: true,
     };
-    let mut data = Vec::with_capacity(CHUNK_BYTES + (64 << 10));
-    let mut lines = Vec::new();
-    let mut line_no = 0u64;
-    let mut outs: Vec<LineOut> = Vec::new();
-    while chunker
-        .next_chunk(r, &mut data, &mut lines)
-        .map_err(LineErr::Io)?
-    {
-        // Parse and normalise the chunk's lines on both cores (pure work, no shared state), then
-        // account and stage them here, in line order.
-        parse_chunk(
-            &sink.normalizer,
-            &sink.limits,
-            &data,
-            &lines,
-            line_no,
-            f,
-            &mut outs,
-        );
-        for (l, out) in lines.iter().zip(outs.drain(..)) {
-            line_no += 1;
-            account(sink, stats, line_no, &data[l.start..l.end], out)?;
+    // A chunk in flight holds its lines and their parsed records, about 16 MiB: a parser per
+    // core as the memory budget allows.
+    let parsers = crate::stage::threads_within(sink.budget_bytes << 3, 64 << 20);
+    let in_flight = parsers + 1;
+    // The parsers' own copies: this thread keeps `sink` to itself.
+    let normalizer = sink.normalizer.clone();
+    let limits = sink.limits;
+    let (normalizer, limits) = (&normalizer, &limits);
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<ParseJob>(in_flight);
+    let job_rx = std::sync::Mutex::new(job_rx);
+    let job_rx = &job_rx;
+    std::thread::scope(|scope| {
+        // Owned here, so that the parsers see the end of the jobs whenever this closure returns.
+        let job_tx = job_tx;
+        for _ in 0..parsers {
+            scope.spawn(move || {
+                loop {
+                    let job = job_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((chunk, done))) = job else { return };
+                    let mut outs = Vec::with_capacity(chunk.lines.len());
+                    parse_lines(normalizer, limits, &chunk, f, &mut outs);
+                    // The reader stopped early (an error) when nobody waits for the result.
+                    let _ = done.send((chunk, outs));
+                }
+            });
         }
-    }
-    Ok(())
+        let mut pending = std::collections::VecDeque::new();
+        let mut spare: Vec<Chunk> = Vec::new();
+        let mut line_no = 0u64;
+        let mut eof = false;
+        // A read error waits until the chunks before it are staged: an error staging those comes
+        // first, as it would have without reading ahead.
+        let mut read_err = None;
+        loop {
+            while !eof && pending.len() < in_flight {
+                let mut chunk = spare.pop().unwrap_or_else(|| Chunk {
+                    data: Vec::with_capacity(CHUNK_BYTES + (64 << 10)),
+                    ..Default::default()
+                });
+                match chunker.next_chunk(r, &mut chunk.data, &mut chunk.lines) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        eof = true;
+                        break;
+                    }
+                    Err(e) => {
+                        read_err = Some(e);
+                        eof = true;
+                        break;
+                    }
+                }
+                chunk.first_line_no = line_no;
+                line_no += chunk.lines.len() as u64;
+                let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+                if job_tx.send((chunk, done_tx)).is_err() {
+                    return Err(Error::Internal("the line parsers stopped".into()).into());
+                }
+                pending.push_back(done_rx);
+            }
+            let Some(done) = pending.pop_front() else {
+                return match read_err {
+                    Some(e) => Err(LineErr::Io(e)),
+                    None => Ok(()),
+                };
+            };
+            let (chunk, outs) = done
+                .recv()
+                .map_err(|_| Error::Internal("a line parser stopped".into()))?;
+            for (i, (l, out)) in chunk.lines.iter().zip(outs).enumerate() {
+                let no = chunk.first_line_no + i as u64 + 1;
+                account(sink, stats, no, &chunk.data[l.start..l.end], out)?;
+            }
+            spare.push(chunk);
+        }
+    })
 }
 
 /// Counts one line by what it turned out to be: blank, noise, rejected (into the rejects file,
@@ -1078,48 +1144,26 @@ enum LineOut {
     Record(Box<Record>, Drops),
 }
 
-/// Lines per parallel task below which a chunk is parsed on the calling thread alone.
-const PARALLEL_MIN_LINES: usize = 256;
-
-/// Classifies and parses the chunk's `lines` into `outs` (same order), on two threads when the
-/// chunk is big enough. `first_line_no` is the number of lines before the chunk.
-fn parse_chunk(
+/// Classifies and parses a chunk's lines into `outs`, in line order.
+fn parse_lines(
     normalizer: &Normalizer,
     limits: &Limits,
-    data: &[u8],
-    lines: &[LineRef],
-    first_line_no: u64,
+    chunk: &Chunk,
     f: &InputFile,
     outs: &mut Vec<LineOut>,
 ) {
-    let parse = |range: std::ops::Range<usize>, out: &mut Vec<LineOut>| {
-        for i in range {
-            let l = &lines[i];
-            out.push(match l.too_long {
-                Some(total) => LineOut::TooLong(total),
-                None => classify_line(
-                    normalizer,
-                    limits,
-                    &data[l.start..l.end],
-                    first_line_no + i as u64 + 1,
-                    f,
-                ),
-            });
-        }
-    };
-    outs.clear();
-    let n = lines.len();
-    if n < 2 * PARALLEL_MIN_LINES {
-        parse(0..n, outs);
-        return;
+    for (i, l) in chunk.lines.iter().enumerate() {
+        outs.push(match l.too_long {
+            Some(total) => LineOut::TooLong(total),
+            None => classify_line(
+                normalizer,
+                limits,
+                &chunk.data[l.start..l.end],
+                chunk.first_line_no + i as u64 + 1,
+                f,
+            ),
+        });
     }
-    let mid = n / 2;
-    let mut second = Vec::with_capacity(n - mid);
-    std::thread::scope(|scope| {
-        scope.spawn(|| parse(mid..n, &mut second));
-        parse(0..mid, outs);
-    });
-    outs.append(&mut second);
 }
 
 /// Classifies one line and, when it holds a record, parses and normalises it.

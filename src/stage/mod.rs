@@ -14,6 +14,13 @@ pub mod notify;
 pub mod report;
 pub mod write;
 
+/// Threads for parallel work: one per core (at most 8), fewer when each needs `per_thread` bytes
+/// of a `budget` that cannot hold one per core; at least one.
+pub fn threads_within(budget: usize, per_thread: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.min(8).min(budget / per_thread.max(1)).max(1)
+}
+
 /// What a stage reports when it did not fail.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -23,4 +30,15 @@ pub struct Outcome {
     pub human: String,
     /// Summary for machines, printed on stdout with `--json`.
     pub json: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn threads_within_a_budget() {
+        assert_eq!(super::threads_within(16 << 20, 64 << 20), 1);
+        assert_eq!(super::threads_within(0, 0), 1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(super::threads_within(1 << 40, 1), cores.min(8));
+    }
 }
