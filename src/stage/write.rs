@@ -12,7 +12,7 @@
 //! Output is deterministic: same staged input, same tool version, byte-identical files.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -193,7 +193,7 @@ fn build(
     let spill_dir = tmp.join(".spill");
     let runs = make_runs(&staged, budget / 4, &spill_dir)?;
     let progress = crate::progress::rows(summary.totals.staged, "write");
-    let mut files = merge_and_write(runs, tmp, &progress)?;
+    let mut files = merge_and_write(runs, tmp, budget, &progress)?;
     progress.finish_and_clear();
     if spill_dir.exists() {
         fs::remove_dir_all(&spill_dir).map_err(|e| Error::io("cannot remove", &spill_dir, e))?;
@@ -341,14 +341,54 @@ fn cmp_rows(a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
         })
 }
 
+/// Ranks of a string column's values in this batch (0 for null, then 1.. in byte order), so that
+/// rows compare by integers instead of by strings.
+fn string_ranks(col: &dyn Array) -> Vec<u32> {
+    let strings = col.as_string::<i32>();
+    let mut distinct: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
+    for v in strings.iter().flatten() {
+        distinct.entry(v).or_insert(0);
+    }
+    let mut names: Vec<&str> = distinct.keys().copied().collect();
+    names.sort_unstable();
+    for (rank, name) in names.iter().enumerate() {
+        distinct.insert(name, rank as u32 + 1);
+    }
+    strings
+        .iter()
+        .map(|v| v.map_or(0, |s| distinct[s]))
+        .collect()
+}
+
+/// The row order of a batch by (sender, ts, source_file, source_line), nulls first, ties in row
+/// order: the order of [`cmp_rows`], computed on integer keys.
+fn sorted_order(all: &RecordBatch) -> Vec<u32> {
+    let senders = string_ranks(all.column(C_SENDER).as_ref());
+    let files = string_ranks(all.column(C_FILE).as_ref());
+    let ts = all.column(C_TS).as_primitive::<TimestampMicrosecondType>();
+    let lines = all.column(C_LINE).as_primitive::<Int64Type>();
+    let mut keys: Vec<(u32, Option<i64>, u32, i64, u32)> = (0..all.num_rows())
+        .map(|i| {
+            (
+                senders[i],
+                (!ts.is_null(i)).then(|| ts.value(i)),
+                files[i],
+                lines.value(i),
+                i as u32,
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.into_iter().map(|k| k.4).collect()
+}
+
 /// Sorts the rows of a run and returns them as batches of at most MERGE_BATCH_ROWS rows.
 fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     let schema = staged_schema();
     let all = arrow_select::concat::concat_batches(&schema, &batches)
         .map_err(|e| Error::Internal(format!("concat: {e}")))?;
     drop(batches);
-    let mut idx: Vec<u32> = (0..all.num_rows() as u32).collect();
-    idx.sort_by(|&x, &y| cmp_rows(&all, x as usize, &all, y as usize));
+    let idx = sorted_order(&all);
     let mut out = Vec::new();
     // Small batches: the merge holds one batch per run in memory.
     for chunk in idx.chunks(MERGE_BATCH_ROWS) {
@@ -447,12 +487,129 @@ impl Ord for HeapItem {
     }
 }
 
-/// Merges the runs and writes one Parquet file per sender.
+/// What the merge hands an encoder thread, in order: open a sender's file, rows for it, close it.
+enum Job {
+    Open(Option<String>),
+    /// Rows to write: `(source batch, row)` picks into the sources, in output order.
+    Rows(Vec<RecordBatch>, Vec<(usize, usize)>),
+    Close,
+}
+
+/// Jobs queued per encoder before the merge waits: bounds the rows held in flight.
+const JOBS_QUEUED: usize = 4;
+
+/// Encoder threads that build, compress and write the sender files while the merge goes on:
+/// each sender goes whole to one encoder, in turn, so each file is written by one thread in row
+/// order and its bytes do not depend on the number of threads.
+struct Encoders<'scope> {
+    queues: Vec<std::sync::mpsc::SyncSender<Job>>,
+    handles: Vec<std::thread::ScopedJoinHandle<'scope, Result<Vec<OutputFile>>>>,
+    next: usize,
+    current: Option<usize>,
+}
+
+impl<'scope> Encoders<'scope> {
+    fn start<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        dir: &'env Path,
+        n: usize,
+    ) -> Encoders<'scope> {
+        let (mut queues, mut handles) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(JOBS_QUEUED);
+            queues.push(tx);
+            handles.push(scope.spawn(move || {
+                let mut files = Vec::new();
+                let mut writer: Option<SenderWriter> = None;
+                for job in rx {
+                    match job {
+                        Job::Open(sender) => writer = Some(SenderWriter::create(dir, sender)?),
+                        Job::Rows(sources, picks) => writer
+                            .as_mut()
+                            .expect("rows follow an open")
+                            .write_picks(&sources, &picks)?,
+                        Job::Close => {
+                            files.push(writer.take().expect("close follows an open").close()?)
+                        }
+                    }
+                }
+                Ok(files)
+            }));
+        }
+        Encoders {
+            queues,
+            handles,
+            next: 0,
+            current: None,
+        }
+    }
+
+    /// Queues a job for the current sender's encoder; false when that encoder has stopped (its
+    /// error comes out of [`Encoders::finish`]).
+    fn send(&mut self, job: Job) -> bool {
+        let i = match (&job, self.current) {
+            (Job::Open(_), _) | (_, None) => {
+                let i = self.next;
+                self.next = (self.next + 1) % self.queues.len();
+                self.current = Some(i);
+                i
+            }
+            (_, Some(i)) => i,
+        };
+        self.queues[i].send(job).is_ok()
+    }
+
+    /// Waits for every encoder; their files, or the first error.
+    fn finish(self) -> Result<Vec<OutputFile>> {
+        drop(self.queues);
+        let mut files = Vec::new();
+        let mut first_err = None;
+        for h in self.handles {
+            match h.join() {
+                Ok(Ok(f)) => files.extend(f),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(Error::Internal("an encoder thread panicked".into()));
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(files),
+        }
+    }
+}
+
+/// Encoder threads for the write: one per core as the memory budget allows (an encoder holds an
+/// unfinished row group and its queued rows, some tens of MiB).
+fn encoder_threads(budget: usize) -> usize {
+    crate::stage::threads_within(budget, 64 << 20)
+}
+
+/// Merges the runs and writes one Parquet file per sender, the files encoded on other threads.
 fn merge_and_write(
     runs: Vec<Run>,
     dir: &Path,
+    budget: usize,
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<OutputFile>> {
+    std::thread::scope(|scope| {
+        let mut enc = Encoders::start(scope, dir, encoder_threads(budget));
+        let merged = merge(runs, &mut enc, progress);
+        let files = enc.finish();
+        // An encoder's error explains a merge that stopped because the encoder had stopped.
+        match (merged, files) {
+            (_, Err(e)) | (Err(e), _) => Err(e),
+            (Ok(()), Ok(files)) => Ok(files),
+        }
+    })
+}
+
+/// Merges the runs into jobs for the encoders.
+fn merge(runs: Vec<Run>, enc: &mut Encoders<'_>, progress: &indicatif::ProgressBar) -> Result<()> {
+    let stopped = || Error::Internal("an encoder stopped".into());
     let mut cursors = Vec::new();
     for r in runs {
         if let Some(c) = Cursor::open(r)? {
@@ -467,25 +624,26 @@ fn merge_and_write(
             row: c.row,
         });
     }
-    let mut files = Vec::new();
-    let mut writer: Option<SenderWriter> = None;
+    let mut current: Option<Option<String>> = None;
     // Pending output rows as (source batch slot, row); slots index into `sources`.
     let mut sources: Vec<RecordBatch> = Vec::new();
     let mut picks: Vec<(usize, usize)> = Vec::new();
     while let Some(top) = heap.pop() {
         let senders = top.batch.column(C_SENDER).as_string::<i32>();
         let sender = (!senders.is_null(top.row)).then(|| senders.value(top.row));
-        if writer
-            .as_ref()
-            .is_none_or(|w| w.sender.as_deref() != sender)
-        {
-            if let Some(mut w) = writer.take() {
-                w.write_picks(&sources, &picks)?;
-                files.push(w.close()?);
+        if current.as_ref().is_none_or(|c| c.as_deref() != sender) {
+            if current.is_some() {
+                progress.inc(picks.len() as u64);
+                let rows = Job::Rows(std::mem::take(&mut sources), std::mem::take(&mut picks));
+                if !enc.send(rows) || !enc.send(Job::Close) {
+                    return Err(stopped());
+                }
             }
-            sources.clear();
-            picks.clear();
-            writer = Some(SenderWriter::create(dir, sender.map(str::to_string))?);
+            let s = sender.map(str::to_string);
+            current = Some(s.clone());
+            if !enc.send(Job::Open(s)) {
+                return Err(stopped());
+            }
         }
         let slot = match sources
             .iter()
@@ -500,12 +658,10 @@ fn merge_and_write(
         picks.push((slot, top.row));
         if picks.len() >= MERGE_BATCH_ROWS {
             progress.inc(picks.len() as u64);
-            writer
-                .as_mut()
-                .expect("writer open")
-                .write_picks(&sources, &picks)?;
-            sources.clear();
-            picks.clear();
+            let rows = Job::Rows(std::mem::take(&mut sources), std::mem::take(&mut picks));
+            if !enc.send(rows) {
+                return Err(stopped());
+            }
         }
         let c = &mut cursors[top.cursor];
         if c.advance()? {
@@ -516,11 +672,32 @@ fn merge_and_write(
             });
         }
     }
-    if let Some(mut w) = writer.take() {
-        w.write_picks(&sources, &picks)?;
-        files.push(w.close()?);
+    if current.is_some() {
+        progress.inc(picks.len() as u64);
+        if !enc.send(Job::Rows(sources, picks)) || !enc.send(Job::Close) {
+            return Err(stopped());
+        }
     }
-    Ok(files)
+    Ok(())
+}
+
+/// A file that hashes the bytes written to it, so a written file need not be read back.
+struct HashingFile {
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl std::io::Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Writes one sender's Parquet file.
@@ -528,7 +705,7 @@ struct SenderWriter {
     sender: Option<String>,
     rel: String,
     path: PathBuf,
-    writer: ArrowWriter<BufWriter<File>>,
+    writer: ArrowWriter<BufWriter<HashingFile>>,
     rows: u64,
 }
 
@@ -550,9 +727,14 @@ impl SenderWriter {
         let path = dir.join(&rel);
         let parent = path.parent().expect("file has a parent");
         fs::create_dir(parent).map_err(|e| Error::io("cannot create", parent, e))?;
-        let f = File::create(&path).map_err(|e| Error::io("cannot create", &path, e))?;
+        let file = File::create(&path).map_err(|e| Error::io("cannot create", &path, e))?;
+        let hashing = HashingFile {
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
         let writer = ArrowWriter::try_new(
-            BufWriter::new(f),
+            BufWriter::with_capacity(1 << 20, hashing),
             parquet_schema(),
             Some(writer_properties()),
         )
@@ -597,21 +779,22 @@ impl SenderWriter {
             .writer
             .into_inner()
             .map_err(|e| parquet_err(&path, e))?;
-        let file = buf
+        let hashing = buf
             .into_inner()
             .map_err(|e| Error::io("cannot write", &path, e.into_error()))?;
-        file.sync_all()
+        hashing
+            .file
+            .sync_all()
             .map_err(|e| Error::io("cannot sync", &path, e))?;
-        drop(file);
+        drop(hashing.file);
         let parent = path.parent().expect("file has a parent");
         fsync_path(parent).map_err(|e| Error::io("cannot sync", parent, e))?;
-        let bytes = fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
         Ok(OutputFile {
             path: self.rel,
             sender_id: self.sender,
             rows: self.rows,
-            bytes: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            bytes: hashing.bytes,
+            sha256: hex::encode(hashing.hasher.finalize()),
         })
     }
 }
@@ -642,4 +825,56 @@ pub fn rows_per_sender(m: &Manifest) -> BTreeMap<Option<String>, u64> {
         .iter()
         .map(|f| (f.sender_id.clone(), f.rows))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::schema::BatchBuilder;
+    use crate::record::{Kind, Record};
+    use proptest::prelude::*;
+
+    fn batch(rows: &[(Option<u8>, Option<i64>, u8, i64)]) -> RecordBatch {
+        let mut b = BatchBuilder::new();
+        for &(sender, ts, file, line) in rows {
+            b.push(&Record {
+                ts,
+                sender_id: sender.map(|s| format!("s{s}")),
+                message: format!("m{line}"),
+                room: "r".into(),
+                kafka_offset: None,
+                kind: Kind::Message,
+                extra: None,
+                source_file: format!("f{file}"),
+                source_line: line as u64,
+            });
+        }
+        b.finish()
+    }
+
+    proptest! {
+        /// The integer-key order is the order of `cmp_rows`, ties in row order (a stable sort).
+        #[test]
+        fn sorted_order_matches_cmp_rows(rows in proptest::collection::vec(
+            (proptest::option::of(0u8..6), proptest::option::of(-3i64..3), 0u8..3, 0i64..4),
+            0..200,
+        )) {
+            let b = batch(&rows);
+            let mut expected: Vec<u32> = (0..b.num_rows() as u32).collect();
+            expected.sort_by(|&x, &y| cmp_rows(&b, x as usize, &b, y as usize));
+            prop_assert_eq!(sorted_order(&b), expected);
+        }
+    }
+
+    #[test]
+    fn string_ranks_put_null_first_and_follow_byte_order() {
+        let b = batch(&[
+            (Some(2), None, 1, 0),
+            (None, None, 0, 0),
+            (Some(10), None, 2, 0),
+        ]);
+        // "s10" < "s2" in byte order.
+        assert_eq!(string_ranks(b.column(C_SENDER).as_ref()), [2, 0, 1]);
+        assert_eq!(string_ranks(b.column(C_FILE).as_ref()), [2, 1, 3]);
+    }
 }
