@@ -219,11 +219,169 @@ struct SenderAcc {
     last: Option<i64>,
 }
 
+/// Everything counted over some sender partitions; partial tallies merge into the whole.
+#[derive(Default)]
+struct Tally {
+    senders: HashMap<Option<String>, SenderAcc>,
+    room_messages: HashMap<String, u64>,
+    room_senders: HashMap<String, std::collections::HashSet<Option<String>>>,
+    hourly: [u64; 24],
+    hourly_by_room: BTreeMap<String, [u64; 24]>,
+    words: HashMap<String, u64>,
+    total: u64,
+}
+
+impl Tally {
+    fn merge(&mut self, o: Tally) {
+        for (k, a) in o.senders {
+            let acc = self.senders.entry(k).or_default();
+            acc.messages += a.messages;
+            acc.characters += a.characters;
+            acc.rooms.extend(a.rooms);
+            acc.first = min_opt(acc.first, a.first);
+            acc.last = acc.last.max(a.last);
+        }
+        for (k, n) in o.room_messages {
+            *self.room_messages.entry(k).or_default() += n;
+        }
+        for (k, s) in o.room_senders {
+            self.room_senders.entry(k).or_default().extend(s);
+        }
+        for (h, n) in o.hourly.iter().enumerate() {
+            self.hourly[h] += n;
+        }
+        for (k, hours) in o.hourly_by_room {
+            let mine = self.hourly_by_room.entry(k).or_insert([0; 24]);
+            for (h, n) in hours.iter().enumerate() {
+                mine[h] += n;
+            }
+        }
+        for (k, n) in o.words {
+            *self.words.entry(k).or_default() += n;
+        }
+        self.total += o.total;
+    }
+
+    /// Adds one sender partition.
+    fn add_partition(
+        &mut self,
+        part: &Path,
+        include_system: bool,
+        stops: &std::collections::HashSet<&str>,
+        hours: &mut LocalHours<'_>,
+    ) -> Result<()> {
+        let mut lf = scan_partition(part)?;
+        if !include_system {
+            lf = lf.filter(col("kind").eq(lit("message")));
+        }
+        let rows = lf
+            .select([
+                col("sender_id"),
+                col("room"),
+                col("ts").cast(DataType::Int64),
+                col("message"),
+            ])
+            .collect()
+            .map_err(|e| polars_err(&format!("{}", part.display()), e))?;
+        if rows.height() == 0 {
+            return Ok(());
+        }
+        self.total += rows.height() as u64;
+        let sender = str_col(&rows, "sender_id")?.get(0).map(str::to_string);
+        let by_room = rows
+            .clone()
+            .lazy()
+            .group_by([col("room")])
+            .agg([
+                len().alias("messages"),
+                col("ts").min().alias("first_ts"),
+                col("ts").max().alias("last_ts"),
+            ])
+            .collect()
+            .map_err(|e| polars_err("room groups", e))?;
+        let acc = self.senders.entry(sender.clone()).or_default();
+        {
+            let room = str_col(&by_room, "room")?;
+            let n = u64_col(&by_room, "messages")?;
+            let first = i64_col(&by_room, "first_ts")?;
+            let last = i64_col(&by_room, "last_ts")?;
+            for i in 0..by_room.height() {
+                let r = room.get(i).unwrap_or("").to_string();
+                acc.messages += n[i];
+                acc.first = min_opt(acc.first, first[i]);
+                acc.last = acc.last.max(last[i]);
+                *self.room_messages.entry(r.clone()).or_default() += n[i];
+                self.room_senders
+                    .entry(r.clone())
+                    .or_default()
+                    .insert(sender.clone());
+                acc.rooms.insert(r);
+            }
+        }
+        let room = str_col(&rows, "room")?;
+        let message = str_col(&rows, "message")?;
+        let ts = rows
+            .column("ts")
+            .and_then(|c| c.i64().cloned())
+            .map_err(|e| polars_err("ts column", e))?;
+        // The room's hour counts, looked up again only when the room changes.
+        let mut room_hours: Option<(&str, [u64; 24])> = None;
+        for i in 0..rows.height() {
+            let text = message.get(i).unwrap_or("");
+            acc.characters += text.chars().count() as u64;
+            if let Some(t) = ts.get(i)
+                && let Some(h) = hours.hour(t)
+            {
+                self.hourly[h] += 1;
+                let r = room.get(i).unwrap_or("");
+                match &mut room_hours {
+                    Some((cur, counts)) if *cur == r => counts[h] += 1,
+                    slot => {
+                        if let Some((prev, counts)) = slot.take() {
+                            add_hours(&mut self.hourly_by_room, prev, &counts);
+                        }
+                        let mut counts = [0u64; 24];
+                        counts[h] = 1;
+                        *slot = Some((r, counts));
+                    }
+                }
+            }
+            for w in tokens(text) {
+                if stops.contains(w.as_ref()) {
+                    continue;
+                }
+                match self.words.get_mut(w.as_ref()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.words.insert(w.into_owned(), 1);
+                    }
+                }
+            }
+        }
+        if let Some((prev, counts)) = room_hours {
+            add_hours(&mut self.hourly_by_room, prev, &counts);
+        }
+        Ok(())
+    }
+}
+
+fn add_hours(by_room: &mut BTreeMap<String, [u64; 24]>, room: &str, counts: &[u64; 24]) {
+    let mine = match by_room.get_mut(room) {
+        Some(m) => m,
+        None => by_room.entry(room.to_string()).or_insert([0; 24]),
+    };
+    for (h, n) in counts.iter().enumerate() {
+        mine[h] += n;
+    }
+}
+
 /// Computes every aggregate over the complete `dates`.
 ///
-/// One sender partition at a time (memory is bounded by the largest sender's day, not by the
-/// whole dataset): Polars scans the partition and groups it by room (messages, first and last
-/// time); one pass over its rows adds characters, hours in `tz` and words.
+/// One sender partition at a time per thread, on as many threads as there are cores (at most
+/// two: Polars decodes with its own pool), each thread tallying its partitions apart and the
+/// tallies merged at the end; memory is bounded by the largest sender's day per thread. Polars
+/// scans the partition and groups it by room (messages, first and last time); one pass over its
+/// rows adds characters, hours in `tz` and words.
 pub fn compute(
     settings: &Settings,
     layout: &Layout,
@@ -234,89 +392,64 @@ pub fn compute(
     let tz = &settings.tz;
     let stops: std::collections::HashSet<&str> =
         settings.stop_words.iter().map(String::as_str).collect();
-    let mut senders: HashMap<Option<String>, SenderAcc> = HashMap::new();
-    let mut room_messages: HashMap<String, u64> = HashMap::new();
-    let mut room_senders: HashMap<String, std::collections::HashSet<Option<String>>> =
-        HashMap::new();
-    let mut hourly = [0u64; 24];
-    let mut hourly_by_room: BTreeMap<String, [u64; 24]> = BTreeMap::new();
-    let mut words: HashMap<String, u64> = HashMap::new();
-    let mut total = 0u64;
+    let mut parts = Vec::new();
     for date in dates {
-        for part in partitions(layout, *date)? {
-            let mut lf = scan_partition(&part)?;
-            if !include_system {
-                lf = lf.filter(col("kind").eq(lit("message")));
+        parts.extend(partitions(layout, *date)?);
+    }
+    // Partitions are handed out in order; a failed partition stops both threads, and the error
+    // reported is that of the first failed partition in order, whatever the timing.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> std::result::Result<Tally, (usize, Error)> {
+        let mut tally = Tally::default();
+        let mut hours = LocalHours::new(tz);
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(part) = parts.get(i) else {
+                return Ok(tally);
+            };
+            if let Err(e) = tally.add_partition(part, include_system, &stops, &mut hours) {
+                next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
+                return Err((i, e));
             }
-            let rows = lf
-                .select([
-                    col("sender_id"),
-                    col("room"),
-                    col("ts").cast(DataType::Int64),
-                    col("message"),
-                ])
-                .collect()
-                .map_err(|e| polars_err(&format!("{}", part.display()), e))?;
-            if rows.height() == 0 {
-                continue;
-            }
-            total += rows.height() as u64;
-            let sender = str_col(&rows, "sender_id")?.get(0).map(str::to_string);
-            let by_room = rows
-                .clone()
-                .lazy()
-                .group_by([col("room")])
-                .agg([
-                    len().alias("messages"),
-                    col("ts").min().alias("first_ts"),
-                    col("ts").max().alias("last_ts"),
-                ])
-                .collect()
-                .map_err(|e| polars_err("room groups", e))?;
-            let acc = senders.entry(sender.clone()).or_default();
-            {
-                let room = str_col(&by_room, "room")?;
-                let n = u64_col(&by_room, "messages")?;
-                let first = i64_col(&by_room, "first_ts")?;
-                let last = i64_col(&by_room, "last_ts")?;
-                for i in 0..by_room.height() {
-                    let r = room.get(i).unwrap_or("").to_string();
-                    acc.messages += n[i];
-                    acc.first = min_opt(acc.first, first[i]);
-                    acc.last = acc.last.max(last[i]);
-                    *room_messages.entry(r.clone()).or_default() += n[i];
-                    room_senders
-                        .entry(r.clone())
-                        .or_default()
-                        .insert(sender.clone());
-                    acc.rooms.insert(r);
-                }
-            }
-            let room = str_col(&rows, "room")?;
-            let message = str_col(&rows, "message")?;
-            let ts = rows
-                .column("ts")
-                .and_then(|c| c.i64().cloned())
-                .map_err(|e| polars_err("ts column", e))?;
-            for i in 0..rows.height() {
-                let text = message.get(i).unwrap_or("");
-                acc.characters += text.chars().count() as u64;
-                if let Some(t) = ts.get(i)
-                    && let Some(h) = hour_in(t, tz)
-                {
-                    hourly[h] += 1;
-                    hourly_by_room
-                        .entry(room.get(i).unwrap_or("").to_string())
-                        .or_insert([0; 24])[h] += 1;
-                }
-                for w in tokens(text) {
-                    if !stops.contains(w.as_str()) {
-                        *words.entry(w).or_default() += 1;
-                    }
+        }
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 2);
+    let tallies: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut out = vec![work()];
+        for h in handles {
+            out.push(h.join().unwrap_or_else(|_| {
+                Err((0, Error::Internal("an aggregate thread panicked".into())))
+            }));
+        }
+        out
+    });
+    let mut t = Tally::default();
+    let mut first_err: Option<(usize, Error)> = None;
+    for tally in tallies {
+        match tally {
+            Ok(tally) => t.merge(tally),
+            Err((i, e)) => {
+                if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+                    first_err = Some((i, e));
                 }
             }
         }
     }
+    if let Some((_, e)) = first_err {
+        return Err(e);
+    }
+    let Tally {
+        senders,
+        room_messages,
+        room_senders,
+        hourly,
+        hourly_by_room,
+        words,
+        total,
+    } = t;
     let mut senders: Vec<SenderRow> = senders
         .into_iter()
         .map(|(sender_id, a)| SenderRow {
@@ -408,6 +541,52 @@ fn hour_in(micros: i64, tz: &Tz) -> Option<usize> {
     Some(tz.from_utc_datetime(&utc.naive_utc()).hour() as usize)
 }
 
+/// Hours of the day in a zone for many timestamps: the zone's offset is looked up once per UTC
+/// hour. Zones change offset less than once an hour, so an offset that is the same at both ends
+/// of a UTC hour holds all through it; an hour with a transition in it is computed exactly.
+struct LocalHours<'a> {
+    tz: &'a Tz,
+    /// The UTC hour (seconds since the epoch / 3600) looked up last, and its offset in seconds
+    /// when the offset is the same all through it.
+    bucket: Option<(i64, Option<i64>)>,
+}
+
+impl<'a> LocalHours<'a> {
+    fn new(tz: &'a Tz) -> LocalHours<'a> {
+        LocalHours { tz, bucket: None }
+    }
+
+    fn offset_at(&self, secs: i64) -> Option<i64> {
+        use chrono::Offset;
+        let utc = chrono::DateTime::from_timestamp(secs, 0)?;
+        Some(
+            self.tz
+                .offset_from_utc_datetime(&utc.naive_utc())
+                .fix()
+                .local_minus_utc() as i64,
+        )
+    }
+
+    fn hour(&mut self, micros: i64) -> Option<usize> {
+        chrono::DateTime::from_timestamp_micros(micros)?;
+        let secs = micros.div_euclid(1_000_000);
+        let bucket = secs.div_euclid(3600);
+        let offset = match self.bucket {
+            Some((b, off)) if b == bucket => off,
+            _ => {
+                let a = self.offset_at(bucket * 3600);
+                let off = a.filter(|&a| self.offset_at(bucket * 3600 + 3599) == Some(a));
+                self.bucket = Some((bucket, off));
+                off
+            }
+        };
+        match offset {
+            Some(off) => Some((secs + off).div_euclid(3600).rem_euclid(24) as usize),
+            None => hour_in(micros, self.tz),
+        }
+    }
+}
+
 /// The hour with the most messages (the earliest on a tie), and its count.
 fn busiest(h: &[u64; 24]) -> (Option<u32>, u64) {
     let mut best: (Option<u32>, u64) = (None, 0);
@@ -422,10 +601,20 @@ fn busiest(h: &[u64; 24]) -> (Option<u32>, u64) {
 /// Words of a message: whitespace-separated, punctuation and symbols stripped from both ends,
 /// lower-cased; tokens with no letter or digit (emoji, `...`) are dropped. Hangul is a letter, so
 /// `안녕하세요!` gives `안녕하세요`.
-pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+pub fn tokens(text: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> + '_ {
     text.split_whitespace().filter_map(|t| {
         let w = t.trim_matches(|c: char| !c.is_alphanumeric());
-        (!w.is_empty()).then(|| w.to_lowercase())
+        if w.is_empty() {
+            None
+        } else if w
+            .chars()
+            .any(|c| c.is_uppercase() || (!c.is_ascii() && !c.to_lowercase().eq([c])))
+        {
+            // Title-case letters (ǅ) are not upper case but still change.
+            Some(std::borrow::Cow::Owned(w.to_lowercase()))
+        } else {
+            Some(std::borrow::Cow::Borrowed(w))
+        }
     })
 }
 
@@ -670,7 +859,7 @@ mod tests {
 
     #[test]
     fn tokens_strip_punctuation_and_keep_hangul() {
-        let t: Vec<String> =
+        let t: Vec<_> =
             tokens("안녕하세요! 회의 시작할까요? Deploy, 'quoted' {json} 😀 ... a/b").collect();
         assert_eq!(
             t,
@@ -684,6 +873,15 @@ mod tests {
                 "a/b"
             ]
         );
+        // Lower-casing is `to_lowercase`, title-case letters included; lower-case words are
+        // borrowed.
+        for w in ["ǅemal", "ᾈ", "ÀB", "straße", "안녕"] {
+            assert_eq!(tokens(w).next().unwrap(), w.to_lowercase());
+        }
+        assert!(matches!(
+            tokens("안녕 ok").next(),
+            Some(std::borrow::Cow::Borrowed(_))
+        ));
     }
 
     #[test]
@@ -695,6 +893,28 @@ mod tests {
             .timestamp_micros();
         assert_eq!(hour_in(t, &seoul), Some(9));
         assert_eq!(hour_in(t, &chrono_tz::UTC), Some(0));
+        // Every quarter hour of a year with two transitions, and of a half-hour zone with a
+        // 30-minute transition (Lord Howe), agrees with the per-timestamp conversion.
+        for zone in [
+            "Europe/Berlin",
+            "Australia/Lord_Howe",
+            "Asia/Kolkata",
+            "UTC",
+        ] {
+            let tz: Tz = zone.parse().unwrap();
+            let mut hours = LocalHours::new(&tz);
+            let start = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:07:00Z")
+                .unwrap()
+                .timestamp_micros();
+            for q in 0..(366 * 96) {
+                let t = start + q * 900_000_000;
+                assert_eq!(hours.hour(t), hour_in(t, &tz), "{zone} at {t}");
+            }
+        }
+        let mut hours = LocalHours::new(&seoul);
+        assert_eq!(hours.hour(t), Some(9));
+        assert_eq!(hours.hour(i64::MAX), None);
+        assert_eq!(hours.hour(-1), hour_in(-1, &seoul));
         let mut h = [0u64; 24];
         h[3] = 5;
         h[7] = 5;
