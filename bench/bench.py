@@ -40,7 +40,8 @@ def run_stage(binary, work, budget, args):
     wall = time.monotonic() - t0
     if p.returncode != 0:
         sys.exit(f"{' '.join(args)} exited {p.returncode}: {err.decode(errors='replace')}")
-    return json.loads(out), wall, rusage.ru_maxrss / 1024  # KiB -> MiB
+    cpu = rusage.ru_utime + rusage.ru_stime
+    return json.loads(out), (wall, cpu), rusage.ru_maxrss / 1024  # KiB -> MiB
 
 
 DUCKDB_SCRIPT = r"""
@@ -70,7 +71,7 @@ def run_duckdb(python, log, work):
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"duckdb failed: {err.decode(errors='replace')}")
     shutil.rmtree(out, ignore_errors=True)
-    return int(stdout.split()[-1]), wall, rusage.ru_maxrss / 1024
+    return int(stdout.split()[-1]), (wall, rusage.ru_utime + rusage.ru_stime), rusage.ru_maxrss / 1024
 
 
 def main():
@@ -81,9 +82,12 @@ def main():
     ap.add_argument("--work", default="/tmp/chatetl-bench")
     ap.add_argument("--duckdb-python", default=os.environ.get(
         "CHATETL_TEST_PYTHON", os.path.join(REPO, ".venv-test", "bin", "python")))
+    ap.add_argument("--no-build", action="store_true",
+                    help="use target/release/chatetl as it is (not rebuilt from the sources)")
     a = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=REPO, check=True)
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=REPO, check=True)
     binary = os.path.join(REPO, "target", "release", "chatetl")
     work = os.path.join(a.work, f"{a.size}-{a.format}")
     log = os.path.join(work, "in", "lobby", f"chat_{DATE}.log")
@@ -107,23 +111,30 @@ def main():
     _, t_run, rss_run = run_stage(binary, work, a.budget, ["run", "--no-notify", "--date", DATE])
 
     rows = tot["staged"]
+    t_exwr = (t_ex[0] + t_wr[0], t_ex[1] + t_wr[1])
     print(f"lines {tot['lines']}, records {tot['records']}, rejected {tot['rejected']}, "
           f"senders {tot['senders']}, parquet files {wr['files']} ({wr['bytes'] / 1e6:.0f} MB)")
-    print(f"{'stage':<24}{'wall s':>8}{'MB/s':>8}{'k rows/s':>10}{'peak RSS MiB':>14}")
-    for name, t, rss in [("extract", t_ex, rss_ex), ("write", t_wr, rss_wr),
-                         ("extract+write", t_ex + t_wr, max(rss_ex, rss_wr)),
-                         ("aggregate", t_ag, rss_ag),
-                         ("run --no-notify", t_run, rss_run)]:
-        print(f"{name:<24}{t:>8.1f}{size / 1e6 / t:>8.1f}{rows / 1e3 / t:>10.0f}{rss:>14.0f}")
+    print(f"{'stage':<24}{'wall s':>8}{'MB/s':>8}{'k rows/s':>10}{'peak RSS MiB':>14}"
+          f"{'CPU %':>7}")
+
+    def row(name, t, rss, n=rows):
+        wall, cpu = t
+        print(f"{name:<24}{wall:>8.1f}{size / 1e6 / wall:>8.1f}{n / 1e3 / wall:>10.0f}"
+              f"{rss:>14.0f}{100 * cpu / wall:>7.0f}")
+
+    row("extract", t_ex, rss_ex)
+    row("write", t_wr, rss_wr)
+    row("extract+write", t_exwr, max(rss_ex, rss_wr))
+    row("aggregate", t_ag, rss_ag)
+    row("run --no-notify", t_run, rss_run)
     if a.format.startswith("json"):
         if not os.path.exists(a.duckdb_python):
             print(f"DuckDB reference skipped: no {a.duckdb_python} (run scripts/test once)")
             return
         n_duck, t_duck, rss_duck = run_duckdb(a.duckdb_python, log, work)
-        print(f"{'DuckDB read_json+COPY':<24}{t_duck:>8.1f}{size / 1e6 / t_duck:>8.1f}"
-              f"{n_duck / 1e3 / t_duck:>10.0f}{rss_duck:>14.0f}")
-        print(f"ratio chatetl extract+write / DuckDB: {t_duck / (t_ex + t_wr):.2f}x throughput; "
-              f"run / DuckDB: {t_duck / t_run:.2f}x; records written: chatetl {rows}, "
+        row("DuckDB read_json+COPY", t_duck, rss_duck, n_duck)
+        print(f"ratio chatetl extract+write / DuckDB: {t_duck[0] / t_exwr[0]:.2f}x throughput; "
+              f"run / DuckDB: {t_duck[0] / t_run[0]:.2f}x; records written: chatetl {rows}, "
               f"DuckDB {n_duck} ({n_duck - rows:+d})")
 
 
