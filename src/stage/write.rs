@@ -3,8 +3,9 @@
 //! Rows are ordered by (sender, ts, source_file, source_line) with an external merge sort: the
 //! staged records are cut into runs that fit the memory budget, each run is sorted, runs that do
 //! not all fit are spilled to Arrow IPC files, and a k-way merge streams the rows out sender by
-//! sender into `sender_id=<escaped>/part-00000.parquet`. Memory stays bounded by the budget
-//! whatever the number of senders or rows.
+//! sender into `sender_id=<escaped>/part-00000.parquet`, each sender's file built, compressed
+//! and hashed on an encoder thread (one per core) while the merge goes on. Memory stays bounded by
+//! the budget whatever the number of senders or rows.
 //!
 //! The whole date is built in a temporary directory under the output root; every file is
 //! fsynced, `_SUCCESS` is written last, and one atomic exchange puts the directory at
