@@ -1040,8 +1040,7 @@ fn lines_mode<R: BufRead>(
                 loop {
                     let job = job_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok((chunk, done))) = job else { return };
-                    let mut outs = Vec::with_capacity(chunk.lines.len());
-                    parse_lines(normalizer, limits, &chunk, f, &mut outs);
+                    let outs = parse_lines(normalizer, limits, &chunk, f);
                     // The reader stopped early (an error) when nobody waits for the result.
                     let _ = done.send((chunk, outs));
                 }
@@ -1144,26 +1143,24 @@ enum LineOut {
     Record(Box<Record>, Drops),
 }
 
-/// Classifies and parses a chunk's lines into `outs`, in line order.
+/// Classifies and parses a chunk's lines, in line order.
 fn parse_lines(
     normalizer: &Normalizer,
     limits: &Limits,
     chunk: &Chunk,
     f: &InputFile,
-    outs: &mut Vec<LineOut>,
-) {
-    for (i, l) in chunk.lines.iter().enumerate() {
-        outs.push(match l.too_long {
-            Some(total) => LineOut::TooLong(total),
-            None => classify_line(
-                normalizer,
-                limits,
-                &chunk.data[l.start..l.end],
-                chunk.first_line_no + i as u64 + 1,
-                f,
-            ),
-        });
-    }
+) -> Vec<LineOut> {
+    let line = |(i, l): (usize, &LineRef)| match l.too_long {
+        Some(total) => LineOut::TooLong(total),
+        None => classify_line(
+            normalizer,
+            limits,
+            &chunk.data[l.start..l.end],
+            chunk.first_line_no + i as u64 + 1,
+            f,
+        ),
+    };
+    chunk.lines.iter().enumerate().map(line).collect()
 }
 
 /// Classifies one line and, when it holds a record, parses and normalises it.

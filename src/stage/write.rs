@@ -545,9 +545,9 @@ impl<'scope> Encoders<'scope> {
         }
     }
 
-    /// Queues a job for the current sender's encoder; false when that encoder has stopped (its
-    /// error comes out of [`Encoders::finish`]).
-    fn send(&mut self, job: Job) -> bool {
+    /// Queues a job for the current sender's encoder; an error when that encoder has stopped
+    /// (its own error comes out of [`Encoders::finish`] and is the one reported).
+    fn send(&mut self, job: Job) -> Result<()> {
         let i = match (&job, self.current) {
             (Job::Open(_), _) | (_, None) => {
                 let i = self.next;
@@ -557,7 +557,9 @@ impl<'scope> Encoders<'scope> {
             }
             (_, Some(i)) => i,
         };
-        self.queues[i].send(job).is_ok()
+        self.queues[i]
+            .send(job)
+            .map_err(|_| Error::Internal("an encoder stopped".into()))
     }
 
     /// Waits for every encoder; their files, or the first error.
@@ -610,7 +612,6 @@ fn merge_and_write(
 
 /// Merges the runs into jobs for the encoders.
 fn merge(runs: Vec<Run>, enc: &mut Encoders<'_>, progress: &indicatif::ProgressBar) -> Result<()> {
-    let stopped = || Error::Internal("an encoder stopped".into());
     let mut cursors = Vec::new();
     for r in runs {
         if let Some(c) = Cursor::open(r)? {
@@ -635,16 +636,15 @@ fn merge(runs: Vec<Run>, enc: &mut Encoders<'_>, progress: &indicatif::ProgressB
         if current.as_ref().is_none_or(|c| c.as_deref() != sender) {
             if current.is_some() {
                 progress.inc(picks.len() as u64);
-                let rows = Job::Rows(std::mem::take(&mut sources), std::mem::take(&mut picks));
-                if !enc.send(rows) || !enc.send(Job::Close) {
-                    return Err(stopped());
-                }
+                enc.send(Job::Rows(
+                    std::mem::take(&mut sources),
+                    std::mem::take(&mut picks),
+                ))?;
+                enc.send(Job::Close)?;
             }
             let s = sender.map(str::to_string);
             current = Some(s.clone());
-            if !enc.send(Job::Open(s)) {
-                return Err(stopped());
-            }
+            enc.send(Job::Open(s))?;
         }
         let slot = match sources
             .iter()
@@ -659,10 +659,10 @@ fn merge(runs: Vec<Run>, enc: &mut Encoders<'_>, progress: &indicatif::ProgressB
         picks.push((slot, top.row));
         if picks.len() >= MERGE_BATCH_ROWS {
             progress.inc(picks.len() as u64);
-            let rows = Job::Rows(std::mem::take(&mut sources), std::mem::take(&mut picks));
-            if !enc.send(rows) {
-                return Err(stopped());
-            }
+            enc.send(Job::Rows(
+                std::mem::take(&mut sources),
+                std::mem::take(&mut picks),
+            ))?;
         }
         let c = &mut cursors[top.cursor];
         if c.advance()? {
@@ -675,9 +675,8 @@ fn merge(runs: Vec<Run>, enc: &mut Encoders<'_>, progress: &indicatif::ProgressB
     }
     if current.is_some() {
         progress.inc(picks.len() as u64);
-        if !enc.send(Job::Rows(sources, picks)) || !enc.send(Job::Close) {
-            return Err(stopped());
-        }
+        enc.send(Job::Rows(sources, picks))?;
+        enc.send(Job::Close)?;
     }
     Ok(())
 }
