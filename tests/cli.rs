@@ -948,6 +948,13 @@ fn duplicates_and_conflicts_at_one_offset() {
         "offset=8, value={'user': 'a', 'message': 'C', 'time': 1729728002}",
     ];
     fs::write(input.join("consumer_2024-10-24.log"), lines.join("\n")).unwrap();
+    // A second consumer's file with offset 8 again (an exact duplicate) and a system record.
+    let copy = [
+        lines[4],
+        "offset=9, value={'user': '[INFO]', 'message': 'x joined', 'time': 1729728003}",
+        "offset=9, value={'user': '[INFO]', 'message': 'x joined', 'time': 1729728003}",
+    ];
+    fs::write(input.join("copy_2024-10-24.log"), copy.join("\n")).unwrap();
     let (inp, out) = (dir.path().join("in"), dir.path().join("out"));
     let o = run(
         dir.path(),
@@ -956,10 +963,42 @@ fn duplicates_and_conflicts_at_one_offset() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let v = json_of(&o);
     let t = &v["summary"]["totals"];
-    assert_eq!(t["records"], 5, "{t}");
-    assert_eq!(t["duplicates"], 2, "{t}");
+    assert_eq!(t["records"], 8, "{t}");
+    assert_eq!(t["duplicates"], 4, "{t}");
     assert_eq!(t["conflicts"], 1, "{t}");
-    assert_eq!(t["staged"], 3, "{t}");
+    assert_eq!(t["staged"], 4, "{t}");
+    assert_eq!(t["system"], 1, "{t}");
+    let files = v["summary"]["files"].as_array().unwrap();
+    assert_eq!(files[0]["duplicates"], 2, "{files:?}");
+    assert_eq!(files[0]["conflicts"], 1, "{files:?}");
+    assert_eq!(files[1]["duplicates"], 2, "{files:?}");
+    assert_eq!(files[1]["system"], 1, "{files:?}");
+    assert_eq!(
+        v["summary"]["per_sender"],
+        serde_json::json!({"[INFO]": 1, "a": 2, "b": 1})
+    );
+    // `write` leaves the duplicates out: the rows of lines 1, 2 and 5 of the first file and
+    // line 2 of the copy.
+    let o = run(
+        dir.path(),
+        &args(&inp, &out, &["--json", "write", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_slice(
+        &fs::read(out.join("messages/date=2024-10-24/_SUCCESS")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["rows"], 4, "{m}");
+    let rows: Vec<(String, u64)> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["sender_id"].as_str().unwrap().to_string(), f["rows"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        [("[INFO]".to_string(), 1), ("a".to_string(), 2), ("b".to_string(), 1)]
+    );
 }
 
 #[test]

@@ -36,11 +36,14 @@ use crate::record::normalize::{Normalizer, Origin};
 use crate::record::schema::{BatchBuilder, staged_schema};
 use crate::record::{Kind, Record};
 use crate::stage::Outcome;
+use crate::stage::dedupe::{DedupeIndex, Key};
 
 /// File name of the staged records inside the staging directory.
 pub const STAGED_RECORDS: &str = "records.arrow";
 /// File name of the extract summary inside the staging directory.
 pub const STAGED_SUMMARY: &str = "extract.json";
+/// The bitmap of staged rows that are exact duplicates, in the staging directory.
+pub const DROPPED_ROWS: &str = "dropped-rows.bitmap";
 /// File name of the rejects file inside `rejects/date=D/`.
 pub const REJECTS_FILE: &str = "rejects.jsonl";
 
@@ -184,6 +187,11 @@ pub struct ExtractSummary {
     /// Rows per sender (null sender under the empty key is not possible in JSON maps, so
     /// it is listed under `__HIVE_DEFAULT_PARTITION__`).
     pub per_sender: std::collections::BTreeMap<String, u64>,
+    /// A bitmap in the staging directory of the staged rows `write` leaves out (exact
+    /// duplicates), one bit per row; absent when none is left out. (Staging written before
+    /// this field existed has none: its duplicates were never staged.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_rows_file: Option<String>,
     /// Paths that matched the date but were not regular files.
     pub skipped_paths: Vec<crate::input::SkippedPath>,
     /// Seconds spent.
@@ -280,6 +288,8 @@ pub fn extract(
         sink.progress = crate::progress::bytes(total, "extract");
         let mut stats_all = Vec::new();
         for f in &found.files {
+            sink.file_no = u32::try_from(stats_all.len())
+                .map_err(|_| Error::Data("more than 2^32 input files in one day".into()))?;
             stats_all.push(extract_file(sink, f, whole_file_cap)?);
         }
         sink.progress.finish_and_clear();
@@ -473,15 +483,23 @@ struct Sink {
     staged_path: PathBuf,
     rejects: BufWriter<File>,
     rejects_path: PathBuf,
-    seen: HashMap<(u64, i64), u64, foldhash::fast::RandomState>,
-    /// (room, offset, content) of records that conflicted with the first one at their offset.
-    conflicting: std::collections::HashSet<(u64, i64, u64), foldhash::fast::RandomState>,
-    senders: HashMap<Option<String>, u64, foldhash::fast::RandomState>,
+    /// Keys of the staged records with a Kafka offset, resolved into duplicates at the end.
+    dedupe_index: DedupeIndex,
+    /// Sender → index into `sender_rows`.
+    senders: HashMap<Option<String>, u32, foldhash::fast::RandomState>,
+    /// Rows staged per sender index, duplicates included.
+    sender_rows: Vec<u64>,
+    /// Rows staged so far, duplicates included: the next record's row number.
+    rows: u64,
+    /// Index of the file being read (0 for the first).
+    file_no: u32,
     /// Input bytes read, on a terminal.
     progress: indicatif::ProgressBar,
     /// Drop exact duplicates by (room, offset): files, where two consumers may have appended the
     /// same Kafka record; not Kafka itself, where partitions share rooms and offsets.
     dedupe: bool,
+    /// Where `dedupe_index` spills.
+    dedupe_dir: PathBuf,
     budget_bytes: usize,
 }
 
@@ -533,40 +551,29 @@ impl Sink {
 
     fn stage(&mut self, stats: &mut FileStats, r: Record) -> Result<()> {
         stats.records += 1;
-        if let Some(off) = r.kafka_offset.filter(|_| self.dedupe) {
-            let key = (hash_of(&r.room), off);
-            let content = hash_of(&(&r.sender_id, &r.message, r.ts, &r.extra));
-            match self.seen.get(&key) {
-                Some(&h) if h == content => {
-                    stats.duplicates += 1;
-                    return Ok(());
-                }
-                Some(_) => {
-                    // Another content at the same offset: a conflict the first time, an exact
-                    // duplicate of that other record after.
-                    if !self.conflicting.insert((key.0, key.1, content)) {
-                        stats.duplicates += 1;
-                        return Ok(());
-                    }
-                    stats.conflicts += 1;
-                }
-                None => {
-                    self.seen.insert(key, content);
-                }
-            }
-        }
-        if r.kind == Kind::System {
-            stats.system += 1;
-        }
-        if r.ts.is_none() {
-            stats.ts_missing += 1;
-        }
-        match self.senders.get_mut(&r.sender_id) {
-            Some(n) => *n += 1,
+        let system = r.kind == Kind::System;
+        stats.system += u64::from(system);
+        stats.ts_missing += u64::from(r.ts.is_none());
+        let sender = match self.senders.get(&r.sender_id) {
+            Some(&i) => i,
             None => {
-                self.senders.insert(r.sender_id.clone(), 1);
+                let i = u32::try_from(self.sender_rows.len())
+                    .map_err(|_| Error::Data("more than 2^32 senders in one day".into()))?;
+                self.senders.insert(r.sender_id.clone(), i);
+                self.sender_rows.push(0);
+                i
             }
+        };
+        self.sender_rows[sender as usize] += 1;
+        if let Some(off) = r.kafka_offset.filter(|_| self.dedupe) {
+            let content = hash_of(&(&r.sender_id, &r.message, r.ts, &r.extra));
+            let key = Key::new(hash_of(&r.room), off, content, self.rows, self.file_no, sender)
+                .with_flags(system, r.ts.is_none());
+            self.dedupe_index
+                .push(key)
+                .map_err(|e| Error::io("cannot write", &self.dedupe_dir, e))?;
         }
+        self.rows += 1;
         self.builder.push(&r);
         if self.builder.len() >= BATCH_ROWS || self.builder.bytes() >= self.budget_bytes {
             self.flush()?;
@@ -612,6 +619,8 @@ fn extract_into(
     let writer = FileWriter::try_new(BufWriter::new(file), &staged_schema())
         .map_err(|e| arrow_err("cannot write", &staged_path, e))?;
     let rejects_path = rejects.join(REJECTS_FILE);
+    let budget = (settings.memory_budget_mb as usize) << 20;
+    let dedupe_dir = staging.join(".dedupe");
     let rf =
         File::create(&rejects_path).map_err(|e| Error::io("cannot create", &rejects_path, e))?;
     let mut sink = Sink {
@@ -623,14 +632,37 @@ fn extract_into(
         staged_path: staged_path.clone(),
         rejects: BufWriter::new(rf),
         rejects_path: rejects_path.clone(),
-        seen: HashMap::default(),
-        conflicting: Default::default(),
+        dedupe_index: DedupeIndex::new(dedupe_dir.clone(), budget / 4),
         senders: HashMap::default(),
+        sender_rows: Vec::new(),
+        rows: 0,
+        file_no: 0,
         dedupe: true,
+        dedupe_dir,
         progress: indicatif::ProgressBar::hidden(),
-        budget_bytes: (settings.memory_budget_mb as usize) << 20 >> 3,
+        budget_bytes: budget >> 3,
     };
-    let stats_all = fill(&mut sink)?;
+    let mut stats_all = fill(&mut sink)?;
+    let res = std::mem::replace(
+        &mut sink.dedupe_index,
+        DedupeIndex::new(PathBuf::new(), 0),
+    )
+    .resolve(sink.rows, stats_all.len(), sink.sender_rows.len())
+    .map_err(|e| Error::io("cannot write", &sink.dedupe_dir, e))?;
+    for (stats, t) in stats_all.iter_mut().zip(&res.files) {
+        stats.duplicates = t.duplicates;
+        stats.conflicts = t.conflicts;
+        stats.system -= t.dropped_system;
+        stats.ts_missing -= t.dropped_no_ts;
+    }
+    let dropped_rows_file = if res.dropped_rows > 0 {
+        let path = staging.join(DROPPED_ROWS);
+        crate::stage::dedupe::write_bitmap(&path, &res.dropped)
+            .map_err(|e| Error::io("cannot write", &path, e))?;
+        Some(DROPPED_ROWS.to_string())
+    } else {
+        None
+    };
     for stats in &stats_all {
         debug_assert_eq!(
             stats.lines,
@@ -679,11 +711,11 @@ fn extract_into(
     let per_sender = sink
         .senders
         .iter()
-        .map(|(k, v)| {
+        .map(|(k, &i)| {
             (
                 k.clone()
                     .unwrap_or_else(|| crate::layout::HIVE_NULL.to_string()),
-                *v,
+                sink.sender_rows[i as usize] - res.senders[i as usize],
             )
         })
         .collect();
@@ -710,6 +742,7 @@ fn extract_into(
         files: stats_all,
         totals: t,
         per_sender,
+        dropped_rows_file,
         skipped_paths: Vec::new(),
         duration_s: 0.0,
     };

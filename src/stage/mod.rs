@@ -9,6 +9,7 @@ use crate::exit::ExitCode;
 pub mod aggregate;
 pub mod check_log;
 pub mod clean_output;
+pub mod dedupe;
 pub mod extract;
 pub mod notify;
 pub mod report;

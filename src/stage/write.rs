@@ -192,7 +192,18 @@ fn build(
     let staged = layout.staging_dir(date).join(STAGED_RECORDS);
     let budget = (settings.memory_budget_mb as usize) << 20;
     let spill_dir = tmp.join(".spill");
-    let runs = make_runs(&staged, budget / 4, &spill_dir)?;
+    let dropped = match &summary.dropped_rows_file {
+        Some(name) => {
+            let path = layout.staging_dir(date).join(name);
+            let bits = crate::stage::dedupe::read_bitmap(&path, summary.totals.records)
+                .map_err(|e| {
+                    Error::Data(format!("{}: unreadable staged records: {e}", path.display()))
+                })?;
+            Some(bits)
+        }
+        None => None,
+    };
+    let runs = make_runs(&staged, dropped.as_deref(), budget / 4, &spill_dir)?;
     let progress = crate::progress::rows(summary.totals.staged, "write");
     let mut files = merge_and_write(runs, tmp, budget, &progress)?;
     progress.finish_and_clear();
@@ -237,8 +248,14 @@ enum Run {
     Spilled(PathBuf),
 }
 
-/// Reads the staged records and cuts them into sorted runs of at most `run_bytes` each.
-fn make_runs(staged: &Path, run_bytes: usize, spill_dir: &Path) -> Result<Vec<Run>> {
+/// Reads the staged records, leaves out the rows set in `dropped` (a bitmap by staged row), and
+/// cuts them into sorted runs of at most `run_bytes` each.
+fn make_runs(
+    staged: &Path,
+    dropped: Option<&[u64]>,
+    run_bytes: usize,
+    spill_dir: &Path,
+) -> Result<Vec<Run>> {
     let file = File::open(staged).map_err(|e| Error::io("cannot read", staged, e))?;
     let reader = FileReader::try_new(BufReader::new(file), None).map_err(|e| {
         Error::Data(format!(
@@ -250,6 +267,7 @@ fn make_runs(staged: &Path, run_bytes: usize, spill_dir: &Path) -> Result<Vec<Ru
     let mut cur: Vec<RecordBatch> = Vec::new();
     let mut cur_bytes = 0usize;
     let mut spilled: Vec<Run> = Vec::new();
+    let mut first_row = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| {
             Error::Data(format!(
@@ -257,6 +275,12 @@ fn make_runs(staged: &Path, run_bytes: usize, spill_dir: &Path) -> Result<Vec<Ru
                 staged.display()
             ))
         })?;
+        let rows = batch.num_rows() as u64;
+        let batch = match dropped {
+            Some(bits) => without_dropped(batch, bits, first_row)?,
+            None => batch,
+        };
+        first_row += rows;
         cur_bytes += batch_bytes(&batch);
         cur.push(batch);
         if cur_bytes >= run_bytes {
@@ -283,6 +307,18 @@ fn make_runs(staged: &Path, run_bytes: usize, spill_dir: &Path) -> Result<Vec<Ru
         run_bytes >> 20
     );
     Ok(spilled)
+}
+
+/// The rows of `batch` (staged rows `first_row..`) whose bits are not set in `dropped`.
+fn without_dropped(batch: RecordBatch, dropped: &[u64], first_row: u64) -> Result<RecordBatch> {
+    use crate::stage::dedupe::is_dropped;
+    let rows = first_row..first_row + batch.num_rows() as u64;
+    if !rows.clone().any(|r| is_dropped(dropped, r)) {
+        return Ok(batch);
+    }
+    let keep: arrow_array::BooleanArray = rows.map(|r| Some(!is_dropped(dropped, r))).collect();
+    arrow_select::filter::filter_record_batch(&batch, &keep)
+        .map_err(|e| Error::Internal(format!("cannot filter staged records: {e}")))
 }
 
 /// Bytes a batch's rows occupy. Not `get_array_memory_size`: batches read from IPC share one

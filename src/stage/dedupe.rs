@@ -1,0 +1,473 @@
+//! Duplicate Kafka records across a date's files, found in bounded memory.
+//!
+//! `extract` stages every record and notes, for each one with a Kafka offset, a fixed-size key:
+//! (room hash, offset, content hash, staged row, file, sender). Keys are sorted in runs that fit
+//! a share of the memory budget, runs that do not all fit are spilled to disk, and a k-way merge
+//! visits every (room, offset) group in (content, row) order. In each group the first staged row
+//! of each distinct content is kept; a later row with a content seen before in the group is an
+//! exact duplicate and is dropped; each kept content other than the group's first row is an
+//! offset conflict. (The same rule as comparing each record against the earlier ones online, but
+//! memory no longer grows with the number of records: 40 bytes a key on disk, one bit a row for
+//! the rows dropped.)
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Bytes of one key on disk.
+const KEY_BYTES: usize = 40;
+/// Bit of `Key::row_flags` set for records from a system sender.
+const SYSTEM: u64 = 1 << 63;
+/// Bit of `Key::row_flags` set for records without a usable time.
+const NO_TS: u64 = 1 << 62;
+const ROW_MASK: u64 = NO_TS - 1;
+
+/// What is known of one staged record with a Kafka offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    room: u64,
+    offset: i64,
+    content: u64,
+    /// The staged row number and the `SYSTEM`/`NO_TS` flags.
+    row_flags: u64,
+    file: u32,
+    sender: u32,
+}
+
+impl Key {
+    /// A key for staged row `row` of input file `file` (an index) and sender `sender` (an index).
+    pub fn new(room: u64, offset: i64, content: u64, row: u64, file: u32, sender: u32) -> Key {
+        debug_assert!(row <= ROW_MASK);
+        Key {
+            room,
+            offset,
+            content,
+            row_flags: row & ROW_MASK,
+            file,
+            sender,
+        }
+    }
+
+    /// Marks the record as a system record and/or one without time.
+    pub fn with_flags(mut self, system: bool, no_ts: bool) -> Key {
+        if system {
+            self.row_flags |= SYSTEM;
+        }
+        if no_ts {
+            self.row_flags |= NO_TS;
+        }
+        self
+    }
+
+    fn row(&self) -> u64 {
+        self.row_flags & ROW_MASK
+    }
+
+    fn order(&self) -> (u64, i64, u64, u64) {
+        (self.room, self.offset, self.content, self.row())
+    }
+
+    fn to_bytes(self) -> [u8; KEY_BYTES] {
+        let mut b = [0u8; KEY_BYTES];
+        b[0..8].copy_from_slice(&self.room.to_le_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        b[16..24].copy_from_slice(&self.content.to_le_bytes());
+        b[24..32].copy_from_slice(&self.row_flags.to_le_bytes());
+        b[32..36].copy_from_slice(&self.file.to_le_bytes());
+        b[36..40].copy_from_slice(&self.sender.to_le_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8; KEY_BYTES]) -> Key {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Key {
+            room: u64_at(0),
+            offset: u64_at(8) as i64,
+            content: u64_at(16),
+            row_flags: u64_at(24),
+            file: u32_at(32),
+            sender: u32_at(36),
+        }
+    }
+}
+
+/// Counts the resolution charges to one input file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileTally {
+    /// Exact duplicates dropped from this file.
+    pub duplicates: u64,
+    /// Offset conflicts (kept) in this file.
+    pub conflicts: u64,
+    /// Dropped rows that were system records.
+    pub dropped_system: u64,
+    /// Dropped rows without time.
+    pub dropped_no_ts: u64,
+}
+
+/// The outcome: which staged rows to drop, and the counts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// One bit per staged row (bit `row % 64` of word `row / 64`), set for rows to drop.
+    pub dropped: Vec<u64>,
+    /// Rows dropped in all.
+    pub dropped_rows: u64,
+    /// Per input file, by the index given to [`Key::new`].
+    pub files: Vec<FileTally>,
+    /// Rows dropped per sender index.
+    pub senders: Vec<u64>,
+}
+
+/// Collects keys in sorted runs of at most `mem_bytes` and resolves them at the end.
+pub struct DedupeIndex {
+    buf: Vec<Key>,
+    cap: usize,
+    dir: PathBuf,
+    runs: Vec<PathBuf>,
+}
+
+impl DedupeIndex {
+    /// An empty index that spills into `dir` (created when first needed) once its keys exceed
+    /// `mem_bytes`.
+    pub fn new(dir: PathBuf, mem_bytes: usize) -> DedupeIndex {
+        DedupeIndex {
+            buf: Vec::new(),
+            cap: (mem_bytes / std::mem::size_of::<Key>()).max(1024),
+            dir,
+            runs: Vec::new(),
+        }
+    }
+
+    /// Notes one key; sorts and spills the keys in memory when they fill the budget.
+    pub fn push(&mut self, k: Key) -> io::Result<()> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.cap);
+        }
+        self.buf.push(k);
+        if self.buf.len() >= self.cap {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(format!("keys-{:05}.bin", self.runs.len()));
+        self.buf.sort_unstable_by_key(Key::order);
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+        for k in &self.buf {
+            w.write_all(&k.to_bytes())?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?;
+        self.buf.clear();
+        self.runs.push(path);
+        Ok(())
+    }
+
+    /// Resolves duplicates among `rows` staged rows from `files` input files and `senders`
+    /// senders, and removes the spill files.
+    pub fn resolve(mut self, rows: u64, files: usize, senders: usize) -> io::Result<Resolution> {
+        self.buf.sort_unstable_by_key(Key::order);
+        let mut sources: Vec<Source> = Vec::with_capacity(self.runs.len() + 1);
+        for p in &self.runs {
+            sources.push(Source::File(BufReader::with_capacity(
+                256 << 10,
+                File::open(p)?,
+            )));
+        }
+        sources.push(Source::Memory(std::mem::take(&mut self.buf).into_iter()));
+        let mut res = Resolution {
+            dropped: vec![0; rows.div_ceil(64) as usize],
+            dropped_rows: 0,
+            files: vec![FileTally::default(); files],
+            senders: vec![0; senders],
+        };
+        let mut heap = BinaryHeap::with_capacity(sources.len());
+        for (i, s) in sources.iter_mut().enumerate() {
+            if let Some(k) = s.next()? {
+                heap.push(Reverse(Head(k, i)));
+            }
+        }
+        let mut group = Group::default();
+        while let Some(Reverse(Head(k, i))) = heap.pop() {
+            if let Some(next) = sources[i].next()? {
+                heap.push(Reverse(Head(next, i)));
+            }
+            group.add(&k, &mut res)?;
+        }
+        group.close(&mut res);
+        drop(sources);
+        if !self.runs.is_empty() {
+            fs::remove_dir_all(&self.dir)?;
+        }
+        Ok(res)
+    }
+}
+
+/// A key and the source it came from, ordered by the key.
+struct Head(Key, usize);
+
+impl PartialEq for Head {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.order() == o.0.order()
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Head {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.order().cmp(&o.0.order())
+    }
+}
+
+enum Source {
+    Memory(std::vec::IntoIter<Key>),
+    File(BufReader<File>),
+}
+
+impl Source {
+    fn next(&mut self) -> io::Result<Option<Key>> {
+        match self {
+            Source::Memory(it) => Ok(it.next()),
+            Source::File(r) => {
+                let mut b = [0u8; KEY_BYTES];
+                match r.read_exact(&mut b) {
+                    Ok(()) => Ok(Some(Key::from_bytes(&b))),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// The (room, offset) group being visited, in (content, row) order.
+#[derive(Default)]
+struct Group {
+    key: Option<(u64, i64)>,
+    content: u64,
+    /// The group's first staged row and its file.
+    first: (u64, u32),
+}
+
+impl Group {
+    fn add(&mut self, k: &Key, res: &mut Resolution) -> io::Result<()> {
+        if self.key != Some((k.room, k.offset)) {
+            self.close(res);
+            self.key = Some((k.room, k.offset));
+            self.first = (k.row(), k.file);
+        } else if k.content == self.content {
+            return drop_row(k, res);
+        }
+        // The first row of a content in its group: kept, and counted as a conflict until the
+        // group closes and the group's first row is uncounted.
+        self.content = k.content;
+        if k.row() < self.first.0 {
+            self.first = (k.row(), k.file);
+        }
+        tally(res, k.file)?.conflicts += 1;
+        Ok(())
+    }
+
+    fn close(&mut self, res: &mut Resolution) {
+        if self.key.take().is_some() {
+            // The group's first row was counted as a conflict when its content began.
+            res.files[self.first.1 as usize].conflicts -= 1;
+        }
+    }
+}
+
+fn tally(res: &mut Resolution, file: u32) -> io::Result<&mut FileTally> {
+    res.files
+        .get_mut(file as usize)
+        .ok_or_else(|| io::Error::other(format!("duplicate index: no file #{file}")))
+}
+
+fn drop_row(k: &Key, res: &mut Resolution) -> io::Result<()> {
+    let row = k.row();
+    let word = res
+        .dropped
+        .get_mut((row / 64) as usize)
+        .ok_or_else(|| io::Error::other(format!("duplicate index: no staged row {row}")))?;
+    *word |= 1 << (row % 64);
+    res.dropped_rows += 1;
+    let sender = res
+        .senders
+        .get_mut(k.sender as usize)
+        .ok_or_else(|| io::Error::other(format!("duplicate index: no sender #{}", k.sender)))?;
+    *sender += 1;
+    let t = tally(res, k.file)?;
+    t.duplicates += 1;
+    t.dropped_system += u64::from(k.row_flags & SYSTEM != 0);
+    t.dropped_no_ts += u64::from(k.row_flags & NO_TS != 0);
+    Ok(())
+}
+
+/// Whether staged row `row` is set in a bitmap from [`Resolution::dropped`].
+pub fn is_dropped(bits: &[u64], row: u64) -> bool {
+    bits.get((row / 64) as usize)
+        .is_some_and(|w| w & (1 << (row % 64)) != 0)
+}
+
+/// Writes a bitmap as little-endian words.
+pub fn write_bitmap(path: &Path, bits: &[u64]) -> io::Result<()> {
+    let mut w = BufWriter::new(File::create(path)?);
+    for word in bits {
+        w.write_all(&word.to_le_bytes())?;
+    }
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()
+}
+
+/// Reads a bitmap written by [`write_bitmap`] for `rows` rows.
+pub fn read_bitmap(path: &Path, rows: u64) -> io::Result<Vec<u64>> {
+    let bytes = fs::read(path)?;
+    let words = rows.div_ceil(64) as usize;
+    if bytes.len() != words * 8 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes, expected {} for {rows} rows",
+                bytes.len(),
+                words * 8
+            ),
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    /// The online rule `extract` used before: the first content at an offset is kept; a later
+    /// equal content is a duplicate; another content is a conflict the first time (kept), a
+    /// duplicate after.
+    fn online(keys: &[Key], files: usize) -> (Vec<u64>, Vec<FileTally>) {
+        let mut seen: HashMap<(u64, i64), u64> = HashMap::new();
+        let mut conflicting: HashSet<(u64, i64, u64)> = HashSet::new();
+        let mut dropped = Vec::new();
+        let mut t = vec![FileTally::default(); files];
+        for k in keys {
+            let f = &mut t[k.file as usize];
+            match seen.get(&(k.room, k.offset)) {
+                Some(&c) if c == k.content => {}
+                Some(_) if conflicting.insert((k.room, k.offset, k.content)) => {
+                    f.conflicts += 1;
+                    continue;
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert((k.room, k.offset), k.content);
+                    continue;
+                }
+            }
+            dropped.push(k.row());
+            f.duplicates += 1;
+            f.dropped_system += u64::from(k.row_flags & SYSTEM != 0);
+            f.dropped_no_ts += u64::from(k.row_flags & NO_TS != 0);
+        }
+        (dropped, t)
+    }
+
+    fn keys_from(spec: &[(u8, u8, u8, bool)], files: u32) -> Vec<Key> {
+        spec.iter()
+            .enumerate()
+            .map(|(row, &(room, offset, content, sys))| {
+                Key::new(
+                    u64::from(room),
+                    i64::from(offset) - 2,
+                    u64::from(content),
+                    row as u64,
+                    row as u32 % files,
+                    u32::from(content % 3),
+                )
+                .with_flags(sys, content % 2 == 0)
+            })
+            .collect()
+    }
+
+    fn resolve(keys: &[Key], files: usize, mem_keys: usize) -> Resolution {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
+        idx.cap = mem_keys;
+        // Rows with no key (no offset) in between: every third row.
+        let rows = keys.last().map_or(0, |k| k.row() + 2);
+        for k in keys {
+            idx.push(*k).unwrap();
+        }
+        let res = idx.resolve(rows, files, 3).unwrap();
+        assert!(!dir.path().join("d").exists(), "spill files removed");
+        res
+    }
+
+    proptest! {
+        #[test]
+        fn same_as_the_online_rule(
+            spec in proptest::collection::vec((0u8..3, 0u8..5, 0u8..4, any::<bool>()), 0..300),
+            mem_keys in 1usize..64,
+        ) {
+            let keys = keys_from(&spec, 3);
+            let (dropped, tallies) = online(&keys, 3);
+            let res = resolve(&keys, 3, mem_keys);
+            let got: Vec<u64> = (0..spec.len() as u64 + 2)
+                .filter(|&r| is_dropped(&res.dropped, r))
+                .collect();
+            prop_assert_eq!(&got, &dropped);
+            prop_assert_eq!(res.dropped_rows, dropped.len() as u64);
+            prop_assert_eq!(&res.files, &tallies);
+            let by_sender: u64 = res.senders.iter().sum();
+            prop_assert_eq!(by_sender, dropped.len() as u64);
+        }
+    }
+
+    #[test]
+    fn one_offset_in_two_files() {
+        // Offset 7 of room 1: A (file 0), B (file 1), B, A; offset 8: C. Rows 1..=5.
+        let keys = [
+            Key::new(1, 7, 0xA, 1, 0, 0),
+            Key::new(1, 7, 0xB, 2, 1, 1),
+            Key::new(1, 7, 0xB, 3, 1, 1),
+            Key::new(1, 7, 0xA, 4, 1, 0).with_flags(true, true),
+            Key::new(1, 8, 0xC, 5, 1, 2),
+        ];
+        let res = resolve(&keys, 2, 2);
+        assert_eq!(res.dropped_rows, 2);
+        assert_eq!(res.dropped, vec![(1 << 3) | (1 << 4)]);
+        assert_eq!(res.files[0], FileTally::default());
+        assert_eq!(
+            res.files[1],
+            FileTally {
+                duplicates: 2,
+                conflicts: 1,
+                dropped_system: 1,
+                dropped_no_ts: 1
+            }
+        );
+        assert_eq!(res.senders, vec![1, 1, 0]);
+    }
+
+    #[test]
+    fn keys_and_bitmaps_round_trip() {
+        let k = Key::new(u64::MAX, i64::MIN, 3, ROW_MASK, u32::MAX, 9).with_flags(true, false);
+        assert_eq!(Key::from_bytes(&k.to_bytes()), k);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        write_bitmap(&p, &[5, 1 << 63]).unwrap();
+        assert_eq!(read_bitmap(&p, 128).unwrap(), vec![5, 1 << 63]);
+        let e = read_bitmap(&p, 200).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(is_dropped(&[5], 2) && !is_dropped(&[5], 1) && !is_dropped(&[5], 64));
+    }
+}
