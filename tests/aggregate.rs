@@ -318,6 +318,47 @@ fn dates_without_complete_output_exit_66() {
 }
 
 #[test]
+fn a_sender_larger_than_a_slice_aggregates_the_same_in_any_budget() {
+    // One sender with 30,000 rows (system rows among them) in three rooms, over the whole day:
+    // with a 16 MiB budget the aggregate reads that partition in several slices.
+    let mut text = String::new();
+    for i in 0..30_000u64 {
+        let user = match i % 10 {
+            0 => "[INFO]".to_string(),
+            1..=6 => "big".to_string(),
+            n => format!("s{n}"),
+        };
+        text.push_str(&format!(
+            "{{'user': '{user}', 'message': 'word{} 안녕 {}', 'time': {}, 'room': 'r{}'}}\n",
+            i % 13,
+            "x".repeat((i % 7) as usize),
+            1_729_695_600 + i * 2,
+            i % 3
+        ));
+    }
+    let mut summaries = Vec::new();
+    for budget in [16, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path();
+        fs::create_dir_all(w.join("in/lobby")).unwrap();
+        fs::write(w.join("in/lobby/chat_2024-10-24.log"), &text).unwrap();
+        fs::write(
+            w.join("chatetl.toml"),
+            format!("memory_budget_mb = {budget}\n"),
+        )
+        .unwrap();
+        ok(chatetl(w, &["run", "--no-notify", "--date", "2024-10-24"]));
+        let agg = w.join("out/aggregates/date=2024-10-24");
+        check_against_duckdb(w, &agg, &["2024-10-24"]);
+        let mut s = summary(&agg);
+        s.as_object_mut().unwrap().remove("duration_s");
+        assert_eq!(s["messages"], 27_000, "{s}");
+        summaries.push(s);
+    }
+    assert_eq!(summaries[0], summaries[1]);
+}
+
+#[test]
 fn corpus_aggregates_match_duckdb() {
     let corpus = repo().join("../shared/corpus");
     if !corpus.is_dir() {

@@ -984,20 +984,28 @@ fn duplicates_and_conflicts_at_one_offset() {
         &args(&inp, &out, &["--json", "write", "--date", "2024-10-24"]),
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let m: serde_json::Value = serde_json::from_slice(
-        &fs::read(out.join("messages/date=2024-10-24/_SUCCESS")).unwrap(),
-    )
-    .unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("messages/date=2024-10-24/_SUCCESS")).unwrap())
+            .unwrap();
     assert_eq!(m["rows"], 4, "{m}");
     let rows: Vec<(String, u64)> = m["files"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["sender_id"].as_str().unwrap().to_string(), f["rows"].as_u64().unwrap()))
+        .map(|f| {
+            (
+                f["sender_id"].as_str().unwrap().to_string(),
+                f["rows"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         rows,
-        [("[INFO]".to_string(), 1), ("a".to_string(), 2), ("b".to_string(), 1)]
+        [
+            ("[INFO]".to_string(), 1),
+            ("a".to_string(), 2),
+            ("b".to_string(), 1)
+        ]
     );
 }
 

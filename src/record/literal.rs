@@ -263,7 +263,8 @@ struct StrSink(String);
 impl Sink for StrSink {
     const BYTES: bool = false;
     fn run(&mut self, run: &[u8], drops: &mut Drops) {
-        match std::str::from_utf8(run) {
+        // simdutf8: std's validation was 8% of extract on Hangul text.
+        match simdutf8::basic::from_utf8(run) {
             Ok(s) if self.0.is_empty() => self.0 = s.to_owned(), // exact-size allocation
             Ok(s) => self.0.push_str(s),
             Err(_) => push_clean(&mut self.0, run, drops),

@@ -12,9 +12,9 @@
 //! - `summary.json`: all of it together, plus the dates used and those without complete output.
 //!
 //! System messages (configured system senders) are left out unless `--include-system`.
-//! Each sender partition is scanned by Polars and grouped by room there; the text and clock
-//! measures (characters, words, hours in the zone) are added in one pass over its rows, so memory
-//! is bounded by the largest sender's day.
+//! Each sender partition is scanned by Polars in slices of rows and each slice grouped by room
+//! there; the text and clock measures (characters, words, hours in the zone) are added in one
+//! pass over its rows, so memory is bounded by a slice, not by the largest sender's day.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -196,6 +196,30 @@ fn scan_partition(dir: &Path) -> Result<LazyFrame> {
         .map_err(|e| polars_err(&format!("cannot scan {glob}"), e))
 }
 
+/// Rows a sender partition's row pass takes at a time on each of `threads` threads: memory is
+/// bounded by a slice, not by the sender's day. A row is allowed 2 KiB (its strings, Polars'
+/// copies, the room groups): 128K rows a thread with the default 512 MiB on two threads.
+fn slice_rows(budget_mb: u64, threads: usize) -> IdxSize {
+    let rows = (budget_mb << 20) / (threads.max(1) as u64) / 2048;
+    rows.clamp(1024, 1 << 20) as IdxSize
+}
+
+/// Rows in the Parquet files of a partition, from their footers.
+fn partition_rows(dir: &Path) -> Result<u64> {
+    use parquet::file::reader::FileReader;
+    let mut rows = 0u64;
+    for e in fs::read_dir(dir).map_err(|e| Error::io("cannot list", dir, e))? {
+        let path = e.map_err(|e| Error::io("cannot list", dir, e))?.path();
+        if path.extension().is_some_and(|x| x == "parquet") {
+            let f = File::open(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+            let r = parquet::file::reader::SerializedFileReader::new(f)
+                .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+            rows += r.metadata().file_metadata().num_rows().max(0) as u64;
+        }
+    }
+    Ok(rows)
+}
+
 /// The sender partitions of a date, in name order.
 fn partitions(layout: &Layout, date: NaiveDate) -> Result<Vec<PathBuf>> {
     let dir = layout.messages_dir(date);
@@ -269,25 +293,44 @@ impl Tally {
         include_system: bool,
         stops: &std::collections::HashSet<&str>,
         hours: &mut LocalHours<'_>,
+        slice: IdxSize,
     ) -> Result<()> {
-        let mut lf = scan_partition(part)?;
-        if !include_system {
-            lf = lf.filter(col("kind").eq(lit("message")));
+        let total = partition_rows(part)?;
+        let mut offset = 0u64;
+        while offset < total {
+            // Slice before filtering, so that each slice is read once from the row groups
+            // it covers.
+            let mut lf = scan_partition(part)?.slice(offset as i64, slice);
+            if !include_system {
+                lf = lf.filter(col("kind").eq(lit("message")));
+            }
+            let rows = lf
+                .select([
+                    col("sender_id"),
+                    col("room"),
+                    col("ts").cast(DataType::Int64),
+                    col("message"),
+                ])
+                .collect()
+                .map_err(|e| polars_err(&format!("{}", part.display()), e))?;
+            self.add_rows(&rows, stops, hours)?;
+            offset += u64::from(slice);
         }
-        let rows = lf
-            .select([
-                col("sender_id"),
-                col("room"),
-                col("ts").cast(DataType::Int64),
-                col("message"),
-            ])
-            .collect()
-            .map_err(|e| polars_err(&format!("{}", part.display()), e))?;
+        Ok(())
+    }
+
+    /// Adds rows (sender_id, room, ts, message) of one sender partition.
+    fn add_rows(
+        &mut self,
+        rows: &DataFrame,
+        stops: &std::collections::HashSet<&str>,
+        hours: &mut LocalHours<'_>,
+    ) -> Result<()> {
         if rows.height() == 0 {
             return Ok(());
         }
         self.total += rows.height() as u64;
-        let sender = str_col(&rows, "sender_id")?.get(0).map(str::to_string);
+        let sender = str_col(rows, "sender_id")?.get(0).map(str::to_string);
         let by_room = rows
             .clone()
             .lazy()
@@ -318,8 +361,8 @@ impl Tally {
                 acc.rooms.insert(r);
             }
         }
-        let room = str_col(&rows, "room")?;
-        let message = str_col(&rows, "message")?;
+        let room = str_col(rows, "room")?;
+        let message = str_col(rows, "message")?;
         let ts = rows
             .column("ts")
             .and_then(|c| c.i64().cloned())
@@ -379,9 +422,9 @@ fn add_hours(by_room: &mut BTreeMap<String, [u64; 24]>, room: &str, counts: &[u6
 ///
 /// One sender partition at a time per thread, on as many threads as there are cores (at most
 /// two: Polars decodes with its own pool), each thread tallying its partitions apart and the
-/// tallies merged at the end; memory is bounded by the largest sender's day per thread. Polars
-/// scans the partition and groups it by room (messages, first and last time); one pass over its
-/// rows adds characters, hours in `tz` and words.
+/// tallies merged at the end; memory is bounded by one slice of rows per thread. Polars scans
+/// each slice of a partition and groups it by room (messages, first and last time); one pass
+/// over its rows adds characters, hours in `tz` and words.
 pub fn compute(
     settings: &Settings,
     layout: &Layout,
@@ -399,6 +442,10 @@ pub fn compute(
     // Partitions are handed out in order; a failed partition stops both threads, and the error
     // reported is that of the first failed partition in order, whatever the timing.
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 2);
+    let slice = slice_rows(settings.memory_budget_mb, threads);
     let work = || -> std::result::Result<Tally, (usize, Error)> {
         let mut tally = Tally::default();
         let mut hours = LocalHours::new(tz);
@@ -407,15 +454,12 @@ pub fn compute(
             let Some(part) = parts.get(i) else {
                 return Ok(tally);
             };
-            if let Err(e) = tally.add_partition(part, include_system, &stops, &mut hours) {
+            if let Err(e) = tally.add_partition(part, include_system, &stops, &mut hours, slice) {
                 next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
                 return Err((i, e));
             }
         }
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 2);
     let tallies: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
         let mut out = vec![work()];

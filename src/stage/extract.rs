@@ -567,8 +567,15 @@ impl Sink {
         self.sender_rows[sender as usize] += 1;
         if let Some(off) = r.kafka_offset.filter(|_| self.dedupe) {
             let content = hash_of(&(&r.sender_id, &r.message, r.ts, &r.extra));
-            let key = Key::new(hash_of(&r.room), off, content, self.rows, self.file_no, sender)
-                .with_flags(system, r.ts.is_none());
+            let key = Key::new(
+                hash_of(&r.room),
+                off,
+                content,
+                self.rows,
+                self.file_no,
+                sender,
+            )
+            .with_flags(system, r.ts.is_none());
             self.dedupe_index
                 .push(key)
                 .map_err(|e| Error::io("cannot write", &self.dedupe_dir, e))?;
@@ -643,12 +650,9 @@ fn extract_into(
         budget_bytes: budget >> 3,
     };
     let mut stats_all = fill(&mut sink)?;
-    let res = std::mem::replace(
-        &mut sink.dedupe_index,
-        DedupeIndex::new(PathBuf::new(), 0),
-    )
-    .resolve(sink.rows, stats_all.len(), sink.sender_rows.len())
-    .map_err(|e| Error::io("cannot write", &sink.dedupe_dir, e))?;
+    let res = std::mem::replace(&mut sink.dedupe_index, DedupeIndex::new(PathBuf::new(), 0))
+        .resolve(sink.rows, stats_all.len(), sink.sender_rows.len())
+        .map_err(|e| Error::io("cannot write", &sink.dedupe_dir, e))?;
     for (stats, t) in stats_all.iter_mut().zip(&res.files) {
         stats.duplicates = t.duplicates;
         stats.conflicts = t.conflicts;

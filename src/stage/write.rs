@@ -195,9 +195,12 @@ fn build(
     let dropped = match &summary.dropped_rows_file {
         Some(name) => {
             let path = layout.staging_dir(date).join(name);
-            let bits = crate::stage::dedupe::read_bitmap(&path, summary.totals.records)
-                .map_err(|e| {
-                    Error::Data(format!("{}: unreadable staged records: {e}", path.display()))
+            let bits =
+                crate::stage::dedupe::read_bitmap(&path, summary.totals.records).map_err(|e| {
+                    Error::Data(format!(
+                        "{}: unreadable staged records: {e}",
+                        path.display()
+                    ))
                 })?;
             Some(bits)
         }
