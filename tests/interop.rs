@@ -202,9 +202,25 @@ fn check(reader: &str, name: &str, ds: &Dataset, mut got: Vec<Row>) {
 }
 
 /// The rows extract staged, read independently of the Parquet writer.
+/// The staged rows `write` writes: all but those set in the dropped-rows bitmap (exact
+/// duplicates; little-endian u64 words, bit `row % 64` of word `row / 64`) that extract.json
+/// names.
 fn staged_rows(path: &Path, date: &str) -> Vec<Row> {
+    let staging = path.parent().unwrap();
+    let summary: Value =
+        serde_json::from_slice(&fs::read(staging.join("extract.json")).unwrap()).unwrap();
+    let dropped: Vec<u8> = match summary["dropped_rows_file"].as_str() {
+        Some(name) => fs::read(staging.join(name)).unwrap(),
+        None => Vec::new(),
+    };
+    let is_dropped = |row: usize| {
+        dropped
+            .get(row / 8)
+            .is_some_and(|byte| byte & (1 << (row % 8)) != 0)
+    };
     let r = arrow_ipc::reader::FileReader::try_new(fs::File::open(path).unwrap(), None).unwrap();
     let mut rows = Vec::new();
+    let mut row = 0usize;
     for b in r {
         let b = b.unwrap();
         let s = b
@@ -228,6 +244,10 @@ fn staged_rows(path: &Path, date: &str) -> Vec<Row> {
             .as_string::<i32>()
             .clone();
         for i in 0..b.num_rows() {
+            row += 1;
+            if is_dropped(row - 1) {
+                continue;
+            }
             rows.push((
                 date.to_string(),
                 (!s.is_null(i)).then(|| s.value(i).to_string()),

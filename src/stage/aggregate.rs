@@ -198,10 +198,14 @@ fn scan_partition(dir: &Path) -> Result<LazyFrame> {
 
 /// Rows a sender partition's row pass takes at a time on each of `threads` threads: memory is
 /// bounded by a slice, not by the sender's day. A row is allowed 2 KiB (its strings, Polars'
-/// copies, the room groups): 128K rows a thread with the default 512 MiB on two threads.
+/// copies, the room groups): 128K rows a thread with the default 512 MiB on two threads. A power
+/// of two, so slices divide write's 128K-row row groups (or span whole ones), at least 16K rows
+/// so a row group is not decoded more than 8 times. (Rows much longer than 2 KiB, which
+/// `max_line_bytes` allows, take more.)
 fn slice_rows(budget_mb: u64, threads: usize) -> IdxSize {
     let rows = (budget_mb << 20) / (threads.max(1) as u64) / 2048;
-    rows.clamp(1024, 1 << 20) as IdxSize
+    let pow2 = 1u64 << rows.max(1).ilog2();
+    pow2.clamp(16 << 10, 1 << 20) as IdxSize
 }
 
 /// Rows in the Parquet files of a partition, from their footers.
@@ -900,6 +904,14 @@ pub fn committed_dir(layout: &Layout, date: NaiveDate) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slices_are_powers_of_two_within_bounds() {
+        assert_eq!(slice_rows(512, 2), 128 << 10);
+        assert_eq!(slice_rows(600, 2), 128 << 10);
+        assert_eq!(slice_rows(16, 2), 16 << 10);
+        assert_eq!(slice_rows(1 << 20, 1), 1 << 20);
+    }
 
     #[test]
     fn tokens_strip_punctuation_and_keep_hangul() {

@@ -16,6 +16,8 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::error::{Error, Result};
+
 /// Bytes of one key on disk.
 const KEY_BYTES: usize = 40;
 /// Bit of `Key::row_flags` set for records from a system sender.
@@ -120,12 +122,18 @@ pub struct Resolution {
     pub senders: Vec<u64>,
 }
 
+/// Runs merged at once: more are first merged into longer runs, so open files and read buffers
+/// stay bounded whatever the number of records.
+const FAN_IN: usize = 64;
+
 /// Collects keys in sorted runs of at most `mem_bytes` and resolves them at the end.
 pub struct DedupeIndex {
     buf: Vec<Key>,
     cap: usize,
     dir: PathBuf,
     runs: Vec<PathBuf>,
+    /// Run files written so far (names are never reused).
+    written: usize,
 }
 
 impl DedupeIndex {
@@ -137,46 +145,75 @@ impl DedupeIndex {
             cap: (mem_bytes / std::mem::size_of::<Key>()).max(1024),
             dir,
             runs: Vec::new(),
+            written: 0,
         }
     }
 
     /// Notes one key; sorts and spills the keys in memory when they fill the budget.
-    pub fn push(&mut self, k: Key) -> io::Result<()> {
+    pub fn push(&mut self, k: Key) -> Result<()> {
         if self.buf.capacity() == 0 {
             self.buf.reserve_exact(self.cap);
         }
         self.buf.push(k);
         if self.buf.len() >= self.cap {
-            self.spill()?;
+            self.buf.sort_unstable_by_key(Key::order);
+            let keys = std::mem::take(&mut self.buf);
+            self.write_run(keys.into_iter().map(Ok))?;
         }
         Ok(())
     }
 
-    fn spill(&mut self) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(format!("keys-{:05}.bin", self.runs.len()));
-        self.buf.sort_unstable_by_key(Key::order);
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&path)?);
-        for k in &self.buf {
-            w.write_all(&k.to_bytes())?;
+    /// Writes sorted keys as the next run file.
+    fn write_run(&mut self, keys: impl Iterator<Item = Result<Key>>) -> Result<()> {
+        fs::create_dir_all(&self.dir).map_err(|e| Error::io("cannot create", &self.dir, e))?;
+        let path = self.dir.join(format!("keys-{:05}.bin", self.written));
+        self.written += 1;
+        let err = |e| Error::io("cannot write", &path, e);
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(&path).map_err(err)?);
+        for k in keys {
+            w.write_all(&k?.to_bytes()).map_err(err)?;
         }
-        w.into_inner().map_err(|e| e.into_error())?;
-        self.buf.clear();
+        w.into_inner().map_err(|e| err(e.into_error()))?;
         self.runs.push(path);
         Ok(())
     }
 
+    /// Opens runs for a merge, with read buffers that share the index's memory.
+    fn open(&self, runs: &[PathBuf]) -> Result<Vec<Source>> {
+        let buf = (self.cap * KEY_BYTES / runs.len().max(1)).clamp(16 << 10, 256 << 10);
+        runs.iter()
+            .map(|p| {
+                let f = File::open(p).map_err(|e| Error::io("cannot read", p, e))?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| Error::io("cannot read", p, e))?
+                    .len();
+                if len % KEY_BYTES as u64 != 0 {
+                    return Err(Error::Internal(format!(
+                        "{}: {len} bytes is not a whole number of keys",
+                        p.display()
+                    )));
+                }
+                Ok(Source::File(BufReader::with_capacity(buf, f), p.clone()))
+            })
+            .collect()
+    }
+
     /// Resolves duplicates among `rows` staged rows from `files` input files and `senders`
     /// senders, and removes the spill files.
-    pub fn resolve(mut self, rows: u64, files: usize, senders: usize) -> io::Result<Resolution> {
+    pub fn resolve(mut self, rows: u64, files: usize, senders: usize) -> Result<Resolution> {
         self.buf.sort_unstable_by_key(Key::order);
-        let mut sources: Vec<Source> = Vec::with_capacity(self.runs.len() + 1);
-        for p in &self.runs {
-            sources.push(Source::File(BufReader::with_capacity(
-                256 << 10,
-                File::open(p)?,
-            )));
+        // Too many runs for one merge (a small budget and a big day): merge the oldest FAN_IN
+        // into one longer run until few enough are left.
+        while self.runs.len() + 1 > FAN_IN {
+            let batch: Vec<PathBuf> = self.runs.drain(..FAN_IN).collect();
+            let merged = Merge::new(self.open(&batch)?)?;
+            self.write_run(merged)?;
+            for p in &batch {
+                fs::remove_file(p).map_err(|e| Error::io("cannot remove", p, e))?;
+            }
         }
+        let mut sources = self.open(&self.runs)?;
         sources.push(Source::Memory(std::mem::take(&mut self.buf).into_iter()));
         let mut res = Resolution {
             dropped: vec![0; rows.div_ceil(64) as usize],
@@ -184,25 +221,47 @@ impl DedupeIndex {
             files: vec![FileTally::default(); files],
             senders: vec![0; senders],
         };
+        let mut group = Group::default();
+        for k in Merge::new(sources)? {
+            group.add(&k?, &mut res)?;
+        }
+        group.close(&mut res);
+        if !self.runs.is_empty() {
+            fs::remove_dir_all(&self.dir).map_err(|e| Error::io("cannot remove", &self.dir, e))?;
+        }
+        Ok(res)
+    }
+}
+
+/// A k-way merge of sorted sources, in key order.
+struct Merge {
+    sources: Vec<Source>,
+    heap: BinaryHeap<Reverse<Head>>,
+}
+
+impl Merge {
+    fn new(mut sources: Vec<Source>) -> Result<Merge> {
         let mut heap = BinaryHeap::with_capacity(sources.len());
         for (i, s) in sources.iter_mut().enumerate() {
             if let Some(k) = s.next()? {
                 heap.push(Reverse(Head(k, i)));
             }
         }
-        let mut group = Group::default();
-        while let Some(Reverse(Head(k, i))) = heap.pop() {
-            if let Some(next) = sources[i].next()? {
-                heap.push(Reverse(Head(next, i)));
-            }
-            group.add(&k, &mut res)?;
+        Ok(Merge { sources, heap })
+    }
+}
+
+impl Iterator for Merge {
+    type Item = Result<Key>;
+
+    fn next(&mut self) -> Option<Result<Key>> {
+        let Reverse(Head(k, i)) = self.heap.pop()?;
+        match self.sources[i].next() {
+            Ok(Some(next)) => self.heap.push(Reverse(Head(next, i))),
+            Ok(None) => {}
+            Err(e) => return Some(Err(e)),
         }
-        group.close(&mut res);
-        drop(sources);
-        if !self.runs.is_empty() {
-            fs::remove_dir_all(&self.dir)?;
-        }
-        Ok(res)
+        Some(Ok(k))
     }
 }
 
@@ -228,19 +287,20 @@ impl Ord for Head {
 
 enum Source {
     Memory(std::vec::IntoIter<Key>),
-    File(BufReader<File>),
+    /// A run file (whole keys only: checked when opened) and its path.
+    File(BufReader<File>, PathBuf),
 }
 
 impl Source {
-    fn next(&mut self) -> io::Result<Option<Key>> {
+    fn next(&mut self) -> Result<Option<Key>> {
         match self {
             Source::Memory(it) => Ok(it.next()),
-            Source::File(r) => {
+            Source::File(r, path) => {
                 let mut b = [0u8; KEY_BYTES];
                 match r.read_exact(&mut b) {
                     Ok(()) => Ok(Some(Key::from_bytes(&b))),
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-                    Err(e) => Err(e),
+                    Err(e) => Err(Error::io("cannot read", path, e)),
                 }
             }
         }
@@ -257,7 +317,7 @@ struct Group {
 }
 
 impl Group {
-    fn add(&mut self, k: &Key, res: &mut Resolution) -> io::Result<()> {
+    fn add(&mut self, k: &Key, res: &mut Resolution) -> Result<()> {
         if self.key != Some((k.room, k.offset)) {
             self.close(res);
             self.key = Some((k.room, k.offset));
@@ -283,24 +343,24 @@ impl Group {
     }
 }
 
-fn tally(res: &mut Resolution, file: u32) -> io::Result<&mut FileTally> {
+fn tally(res: &mut Resolution, file: u32) -> Result<&mut FileTally> {
     res.files
         .get_mut(file as usize)
-        .ok_or_else(|| io::Error::other(format!("duplicate index: no file #{file}")))
+        .ok_or_else(|| Error::Internal(format!("duplicate index: no file #{file}")))
 }
 
-fn drop_row(k: &Key, res: &mut Resolution) -> io::Result<()> {
+fn drop_row(k: &Key, res: &mut Resolution) -> Result<()> {
     let row = k.row();
     let word = res
         .dropped
         .get_mut((row / 64) as usize)
-        .ok_or_else(|| io::Error::other(format!("duplicate index: no staged row {row}")))?;
+        .ok_or_else(|| Error::Internal(format!("duplicate index: no staged row {row}")))?;
     *word |= 1 << (row % 64);
     res.dropped_rows += 1;
     let sender = res
         .senders
         .get_mut(k.sender as usize)
-        .ok_or_else(|| io::Error::other(format!("duplicate index: no sender #{}", k.sender)))?;
+        .ok_or_else(|| Error::Internal(format!("duplicate index: no sender #{}", k.sender)))?;
     *sender += 1;
     let t = tally(res, k.file)?;
     t.duplicates += 1;
@@ -402,7 +462,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
         idx.cap = mem_keys;
-        // Rows with no key (no offset) in between: every third row.
+        // Two rows after the last key have none (records without an offset).
         let rows = keys.last().map_or(0, |k| k.row() + 2);
         for k in keys {
             idx.push(*k).unwrap();
@@ -456,6 +516,38 @@ mod tests {
             }
         );
         assert_eq!(res.senders, vec![1, 1, 0]);
+    }
+
+    #[test]
+    fn a_truncated_run_is_an_error_not_an_early_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
+        idx.cap = 2;
+        for row in 0..5 {
+            idx.push(Key::new(1, row as i64, 0, row, 0, 0)).unwrap();
+        }
+        let run = idx.runs[0].clone();
+        let f = fs::OpenOptions::new().write(true).open(&run).unwrap();
+        f.set_len(KEY_BYTES as u64 + 7).unwrap();
+        let e = idx.resolve(5, 1, 1).unwrap_err();
+        assert!(e.to_string().contains("not a whole number of keys"), "{e}");
+    }
+
+    #[test]
+    fn many_runs_merge_in_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
+        idx.cap = 1;
+        // 200 runs of one key: offsets 0..100 twice, the second time as exact duplicates.
+        for row in 0..200u64 {
+            idx.push(Key::new(1, (row % 100) as i64, 9, row, 0, 0)).unwrap();
+        }
+        assert_eq!(idx.runs.len(), 200);
+        let res = idx.resolve(200, 1, 1).unwrap();
+        assert_eq!(res.dropped_rows, 100);
+        assert!((0..100).all(|r| !is_dropped(&res.dropped, r)));
+        assert!((100..200).all(|r| is_dropped(&res.dropped, r)));
+        assert!(!dir.path().join("d").exists());
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub struct Totals {
     pub duplicates: u64,
     /// Offset conflicts kept.
     pub conflicts: u64,
-    /// Records staged (records minus duplicates).
+    /// Records staged for output (records minus duplicates: rows `write` writes).
     pub staged: u64,
     /// System records staged.
     pub system: u64,
@@ -489,7 +489,8 @@ struct Sink {
     senders: HashMap<Option<String>, u32, foldhash::fast::RandomState>,
     /// Rows staged per sender index, duplicates included.
     sender_rows: Vec<u64>,
-    /// Rows staged so far, duplicates included: the next record's row number.
+    /// Rows in the staged records file so far (duplicates included, left out by `write`): the
+    /// next record's row number.
     rows: u64,
     /// Index of the file being read (0 for the first).
     file_no: u32,
@@ -498,8 +499,6 @@ struct Sink {
     /// Drop exact duplicates by (room, offset): files, where two consumers may have appended the
     /// same Kafka record; not Kafka itself, where partitions share rooms and offsets.
     dedupe: bool,
-    /// Where `dedupe_index` spills.
-    dedupe_dir: PathBuf,
     budget_bytes: usize,
 }
 
@@ -576,9 +575,7 @@ impl Sink {
                 sender,
             )
             .with_flags(system, r.ts.is_none());
-            self.dedupe_index
-                .push(key)
-                .map_err(|e| Error::io("cannot write", &self.dedupe_dir, e))?;
+            self.dedupe_index.push(key)?;
         }
         self.rows += 1;
         self.builder.push(&r);
@@ -627,7 +624,6 @@ fn extract_into(
         .map_err(|e| arrow_err("cannot write", &staged_path, e))?;
     let rejects_path = rejects.join(REJECTS_FILE);
     let budget = (settings.memory_budget_mb as usize) << 20;
-    let dedupe_dir = staging.join(".dedupe");
     let rf =
         File::create(&rejects_path).map_err(|e| Error::io("cannot create", &rejects_path, e))?;
     let mut sink = Sink {
@@ -639,20 +635,20 @@ fn extract_into(
         staged_path: staged_path.clone(),
         rejects: BufWriter::new(rf),
         rejects_path: rejects_path.clone(),
-        dedupe_index: DedupeIndex::new(dedupe_dir.clone(), budget / 4),
+        dedupe_index: DedupeIndex::new(staging.join(".dedupe"), budget / 4),
         senders: HashMap::default(),
         sender_rows: Vec::new(),
         rows: 0,
         file_no: 0,
         dedupe: true,
-        dedupe_dir,
         progress: indicatif::ProgressBar::hidden(),
         budget_bytes: budget >> 3,
     };
     let mut stats_all = fill(&mut sink)?;
+    // Staged rows leave memory before the duplicate index is merged.
+    sink.flush()?;
     let res = std::mem::replace(&mut sink.dedupe_index, DedupeIndex::new(PathBuf::new(), 0))
-        .resolve(sink.rows, stats_all.len(), sink.sender_rows.len())
-        .map_err(|e| Error::io("cannot write", &sink.dedupe_dir, e))?;
+        .resolve(sink.rows, stats_all.len(), sink.sender_rows.len())?;
     for (stats, t) in stats_all.iter_mut().zip(&res.files) {
         stats.duplicates = t.duplicates;
         stats.conflicts = t.conflicts;

@@ -193,7 +193,7 @@ fn build(
     let budget = (settings.memory_budget_mb as usize) << 20;
     let spill_dir = tmp.join(".spill");
     let dropped = match &summary.dropped_rows_file {
-        Some(name) => {
+        Some(name) if name == extract::DROPPED_ROWS => {
             let path = layout.staging_dir(date).join(name);
             let bits =
                 crate::stage::dedupe::read_bitmap(&path, summary.totals.records).map_err(|e| {
@@ -203,6 +203,15 @@ fn build(
                     ))
                 })?;
             Some(bits)
+        }
+        Some(other) => {
+            return Err(Error::Data(format!(
+                "{}: unexpected dropped_rows_file {other:?}",
+                layout
+                    .staging_dir(date)
+                    .join(extract::STAGED_SUMMARY)
+                    .display()
+            )));
         }
         None => None,
     };
