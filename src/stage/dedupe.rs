@@ -540,7 +540,8 @@ mod tests {
         idx.cap = 1;
         // 200 runs of one key: offsets 0..100 twice, the second time as exact duplicates.
         for row in 0..200u64 {
-            idx.push(Key::new(1, (row % 100) as i64, 9, row, 0, 0)).unwrap();
+            idx.push(Key::new(1, (row % 100) as i64, 9, row, 0, 0))
+                .unwrap();
         }
         assert_eq!(idx.runs.len(), 200);
         let res = idx.resolve(200, 1, 1).unwrap();
