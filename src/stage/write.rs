@@ -13,7 +13,7 @@
 //! Output is deterministic: same staged input, same tool version, byte-identical files.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -216,9 +216,10 @@ fn build(
         }
         None => None,
     };
-    let runs = make_runs(&staged, dropped.as_deref(), budget / 4, &spill_dir)?;
+    let (runs, names) = make_runs(&staged, dropped.as_deref(), budget / 4, &spill_dir)?;
+    let ranks = Ranks::new(names);
     let progress = crate::progress::rows(summary.totals.staged, "write");
-    let mut files = merge_and_write(runs, tmp, budget, &progress)?;
+    let mut files = merge_and_write(runs, &ranks, tmp, budget, &progress)?;
     progress.finish_and_clear();
     if spill_dir.exists() {
         fs::remove_dir_all(&spill_dir).map_err(|e| Error::io("cannot remove", &spill_dir, e))?;
@@ -261,14 +262,85 @@ enum Run {
     Spilled(PathBuf),
 }
 
+/// Every distinct sender and source file of the staged rows (the null sender aside).
+#[derive(Default)]
+struct Names {
+    senders: BTreeSet<String>,
+    files: BTreeSet<String>,
+}
+
+/// The merge's order as integers: (sender rank, ts, file rank, line). Ranks follow the byte
+/// order of the names, the null sender first, so this is the order of `cmp_rows`.
+type MergeKey = (u32, Option<i64>, u32, i64);
+
+/// Ranks of every sender and file of the date.
+struct Ranks {
+    senders: HashMap<String, u32, foldhash::fast::RandomState>,
+    files: HashMap<String, u32, foldhash::fast::RandomState>,
+}
+
+impl Ranks {
+    fn new(names: Names) -> Ranks {
+        let rank = |set: BTreeSet<String>| {
+            set.into_iter()
+                .enumerate()
+                .map(|(i, n)| (n, i as u32 + 1))
+                .collect()
+        };
+        Ranks {
+            senders: rank(names.senders),
+            files: rank(names.files),
+        }
+    }
+
+    /// The merge keys of a sorted batch's rows (a name is looked up only when it changes).
+    fn keys(&self, b: &RecordBatch) -> Result<Vec<MergeKey>> {
+        let senders = b.column(C_SENDER).as_string::<i32>();
+        let files = b.column(C_FILE).as_string::<i32>();
+        let ts = b.column(C_TS).as_primitive::<TimestampMicrosecondType>();
+        let lines = b.column(C_LINE).as_primitive::<Int64Type>();
+        let lookup = |map: &HashMap<String, u32, _>, name: &str| {
+            map.get(name).copied().ok_or_else(|| {
+                Error::Internal(format!("merge: {name:?} was not in any sorted run"))
+            })
+        };
+        let mut keys = Vec::with_capacity(b.num_rows());
+        let (mut last_sender, mut sender_rank) = (None::<&str>, 0u32);
+        let (mut last_file, mut file_rank) = (None::<&str>, 0u32);
+        for i in 0..b.num_rows() {
+            let sender = (!senders.is_null(i)).then(|| senders.value(i));
+            if i == 0 || sender != last_sender {
+                sender_rank = match sender {
+                    None => 0,
+                    Some(s) => lookup(&self.senders, s)?,
+                };
+                last_sender = sender;
+            }
+            let file = files.value(i);
+            if last_file != Some(file) {
+                file_rank = lookup(&self.files, file)?;
+                last_file = Some(file);
+            }
+            keys.push((
+                sender_rank,
+                (!ts.is_null(i)).then(|| ts.value(i)),
+                file_rank,
+                lines.value(i),
+            ));
+        }
+        Ok(keys)
+    }
+}
+
 /// Reads the staged records, leaves out the rows set in `dropped` (a bitmap by staged row), and
-/// cuts them into sorted runs of at most `run_bytes` each.
+/// cuts them into sorted runs of at most `run_bytes` each; also gives every sender and file
+/// name met.
 fn make_runs(
     staged: &Path,
     dropped: Option<&[u64]>,
     run_bytes: usize,
     spill_dir: &Path,
-) -> Result<Vec<Run>> {
+) -> Result<(Vec<Run>, Names)> {
     let file = File::open(staged).map_err(|e| Error::io("cannot read", staged, e))?;
     let reader = FileReader::try_new(BufReader::new(file), None).map_err(|e| {
         Error::Data(format!(
@@ -280,6 +352,7 @@ fn make_runs(
     let mut cur: Vec<RecordBatch> = Vec::new();
     let mut cur_bytes = 0usize;
     let mut spilled: Vec<Run> = Vec::new();
+    let mut names = Names::default();
     let mut first_row = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| {
@@ -297,7 +370,7 @@ fn make_runs(
         cur_bytes += batch_bytes(&batch);
         cur.push(batch);
         if cur_bytes >= run_bytes {
-            let sorted = sort_run(std::mem::take(&mut cur))?;
+            let sorted = sort_run(std::mem::take(&mut cur), &mut names)?;
             cur_bytes = 0;
             // Once more than one run exists, every run goes to disk.
             runs.push(sorted);
@@ -307,10 +380,10 @@ fn make_runs(
         }
     }
     if !cur.is_empty() {
-        let sorted = sort_run(cur)?;
+        let sorted = sort_run(cur, &mut names)?;
         if spilled.is_empty() {
             tracing::info!("sorted in memory (one run)");
-            return Ok(vec![Run::Memory(sorted)]);
+            return Ok((vec![Run::Memory(sorted)], names));
         }
         spilled.push(spill(sorted, spill_dir, spilled.len())?);
     }
@@ -319,7 +392,7 @@ fn make_runs(
         spilled.len(),
         run_bytes >> 20
     );
-    Ok(spilled)
+    Ok((spilled, names))
 }
 
 /// The rows of `batch` (staged rows `first_row..`) whose bits are not set in `dropped`.
@@ -365,7 +438,9 @@ const C_SENDER: usize = 1;
 const C_FILE: usize = 7;
 const C_LINE: usize = 8;
 
-/// Compares two rows by (sender, ts, source_file, source_line); nulls first.
+/// Compares two rows by (sender, ts, source_file, source_line); nulls first. The reference
+/// order that `sorted_order` and the merge's integer keys are tested against.
+#[cfg(test)]
 fn cmp_rows(a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
     let sa = a.column(C_SENDER).as_string::<i32>();
     let sb = b.column(C_SENDER).as_string::<i32>();
@@ -393,7 +468,7 @@ fn cmp_rows(a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
 
 /// Ranks of a string column's values in this batch (0 for null, then 1.. in byte order), so that
 /// rows compare by integers instead of by strings.
-fn string_ranks(col: &dyn Array) -> Vec<u32> {
+fn string_ranks(col: &dyn Array, names_out: &mut BTreeSet<String>) -> Vec<u32> {
     let strings = col.as_string::<i32>();
     let mut distinct: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
     for v in strings.iter().flatten() {
@@ -403,6 +478,9 @@ fn string_ranks(col: &dyn Array) -> Vec<u32> {
     names.sort_unstable();
     for (rank, name) in names.iter().enumerate() {
         distinct.insert(name, rank as u32 + 1);
+        if !names_out.contains(*name) {
+            names_out.insert(name.to_string());
+        }
     }
     strings
         .iter()
@@ -412,9 +490,9 @@ fn string_ranks(col: &dyn Array) -> Vec<u32> {
 
 /// The row order of a batch by (sender, ts, source_file, source_line), nulls first, ties in row
 /// order: the order of [`cmp_rows`], computed on integer keys.
-fn sorted_order(all: &RecordBatch) -> Vec<u32> {
-    let senders = string_ranks(all.column(C_SENDER).as_ref());
-    let files = string_ranks(all.column(C_FILE).as_ref());
+fn sorted_order(all: &RecordBatch, names: &mut Names) -> Vec<u32> {
+    let senders = string_ranks(all.column(C_SENDER).as_ref(), &mut names.senders);
+    let files = string_ranks(all.column(C_FILE).as_ref(), &mut names.files);
     let ts = all.column(C_TS).as_primitive::<TimestampMicrosecondType>();
     let lines = all.column(C_LINE).as_primitive::<Int64Type>();
     let mut keys: Vec<(u32, Option<i64>, u32, i64, u32)> = (0..all.num_rows())
@@ -433,12 +511,12 @@ fn sorted_order(all: &RecordBatch) -> Vec<u32> {
 }
 
 /// Sorts the rows of a run and returns them as batches of at most MERGE_BATCH_ROWS rows.
-fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+fn sort_run(batches: Vec<RecordBatch>, names: &mut Names) -> Result<Vec<RecordBatch>> {
     let schema = staged_schema();
     let all = arrow_select::concat::concat_batches(&schema, &batches)
         .map_err(|e| Error::Internal(format!("concat: {e}")))?;
     drop(batches);
-    let idx = sorted_order(&all);
+    let idx = sorted_order(&all, names);
     let mut out = Vec::new();
     // Small batches: the merge holds one batch per run in memory.
     for chunk in idx.chunks(MERGE_BATCH_ROWS) {
@@ -457,15 +535,16 @@ fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
-/// A cursor over one sorted run.
+/// A cursor over one sorted run, with the merge keys of its current batch.
 struct Cursor {
     batches: Box<dyn Iterator<Item = Result<RecordBatch>>>,
     batch: RecordBatch,
+    keys: Vec<MergeKey>,
     row: usize,
 }
 
 impl Cursor {
-    fn open(run: Run) -> Result<Option<Cursor>> {
+    fn open(run: Run, ranks: &Ranks) -> Result<Option<Cursor>> {
         let mut batches: Box<dyn Iterator<Item = Result<RecordBatch>>> = match run {
             Run::Memory(v) => Box::new(v.into_iter().map(Ok)),
             Run::Spilled(path) => {
@@ -488,6 +567,7 @@ impl Cursor {
                     if b.num_rows() > 0 {
                         return Ok(Some(Cursor {
                             batches,
+                            keys: ranks.keys(&b)?,
                             batch: b,
                             row: 0,
                         }));
@@ -498,34 +578,33 @@ impl Cursor {
     }
 
     /// Moves to the next row; false when the run is exhausted.
-    fn advance(&mut self) -> Result<bool> {
+    fn advance(&mut self, ranks: &Ranks) -> Result<bool> {
         self.row += 1;
         while self.row >= self.batch.num_rows() {
             match self.batches.next() {
                 None => return Ok(false),
                 Some(b) => {
                     self.batch = b?;
+                    self.keys = ranks.keys(&self.batch)?;
                     self.row = 0;
                 }
             }
         }
         Ok(true)
     }
-}
 
-/// Heap entry: the smallest row on top.
-struct HeapItem {
-    cursor: usize,
-    batch: RecordBatch,
-    row: usize,
-}
-
-impl PartialEq for HeapItem {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
+    fn key(&self) -> MergeKey {
+        self.keys[self.row]
     }
 }
-impl Eq for HeapItem {}
+
+/// Heap entry: a cursor's current row, the smallest (key, cursor) on top.
+#[derive(PartialEq, Eq)]
+struct HeapItem {
+    key: MergeKey,
+    cursor: usize,
+}
+
 impl PartialOrd for HeapItem {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
         Some(self.cmp(o))
@@ -533,7 +612,7 @@ impl PartialOrd for HeapItem {
 }
 impl Ord for HeapItem {
     fn cmp(&self, o: &Self) -> Ordering {
-        cmp_rows(&o.batch, o.row, &self.batch, self.row).then(o.cursor.cmp(&self.cursor))
+        (o.key, o.cursor).cmp(&(self.key, self.cursor))
     }
 }
 
@@ -643,13 +722,14 @@ fn encoder_threads(budget: usize) -> usize {
 /// Merges the runs and writes one Parquet file per sender, the files encoded on other threads.
 fn merge_and_write(
     runs: Vec<Run>,
+    ranks: &Ranks,
     dir: &Path,
     budget: usize,
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<OutputFile>> {
     std::thread::scope(|scope| {
         let mut enc = Encoders::start(scope, dir, encoder_threads(budget));
-        let merged = merge(runs, &mut enc, progress);
+        let merged = merge(runs, ranks, &mut enc, progress);
         let files = enc.finish();
         // An encoder's error explains a merge that stopped because the encoder had stopped.
         match (merged, files) {
@@ -660,29 +740,33 @@ fn merge_and_write(
 }
 
 /// Merges the runs into jobs for the encoders.
-fn merge(runs: Vec<Run>, enc: &mut Encoders<'_>, progress: &indicatif::ProgressBar) -> Result<()> {
+fn merge(
+    runs: Vec<Run>,
+    ranks: &Ranks,
+    enc: &mut Encoders<'_>,
+    progress: &indicatif::ProgressBar,
+) -> Result<()> {
     let mut cursors = Vec::new();
     for r in runs {
-        if let Some(c) = Cursor::open(r)? {
+        if let Some(c) = Cursor::open(r, ranks)? {
             cursors.push(c);
         }
     }
     let mut heap = BinaryHeap::new();
     for (i, c) in cursors.iter().enumerate() {
         heap.push(HeapItem {
+            key: c.key(),
             cursor: i,
-            batch: c.batch.clone(),
-            row: c.row,
         });
     }
-    let mut current: Option<Option<String>> = None;
+    // The sender rank of the file being written.
+    let mut current: Option<u32> = None;
     // Pending output rows as (source batch slot, row); slots index into `sources`.
     let mut sources: Vec<RecordBatch> = Vec::new();
     let mut picks: Vec<(usize, usize)> = Vec::new();
     while let Some(top) = heap.pop() {
-        let senders = top.batch.column(C_SENDER).as_string::<i32>();
-        let sender = (!senders.is_null(top.row)).then(|| senders.value(top.row));
-        if current.as_ref().is_none_or(|c| c.as_deref() != sender) {
+        let c = &mut cursors[top.cursor];
+        if current != Some(top.key.0) {
             if current.is_some() {
                 progress.inc(picks.len() as u64);
                 enc.send(Job::Rows(
@@ -691,21 +775,22 @@ fn merge(runs: Vec<Run>, enc: &mut Encoders<'_>, progress: &indicatif::ProgressB
                 ))?;
                 enc.send(Job::Close)?;
             }
-            let s = sender.map(str::to_string);
-            current = Some(s.clone());
-            enc.send(Job::Open(s))?;
+            current = Some(top.key.0);
+            let senders = c.batch.column(C_SENDER).as_string::<i32>();
+            let sender = (!senders.is_null(c.row)).then(|| senders.value(c.row).to_string());
+            enc.send(Job::Open(sender))?;
         }
         let slot = match sources
             .iter()
-            .position(|b| Arc::ptr_eq(&b.columns()[0], &top.batch.columns()[0]))
+            .rposition(|b| Arc::ptr_eq(&b.columns()[0], &c.batch.columns()[0]))
         {
             Some(s) => s,
             None => {
-                sources.push(top.batch.clone());
+                sources.push(c.batch.clone());
                 sources.len() - 1
             }
         };
-        picks.push((slot, top.row));
+        picks.push((slot, c.row));
         if picks.len() >= MERGE_BATCH_ROWS {
             progress.inc(picks.len() as u64);
             enc.send(Job::Rows(
@@ -713,12 +798,10 @@ fn merge(runs: Vec<Run>, enc: &mut Encoders<'_>, progress: &indicatif::ProgressB
                 std::mem::take(&mut picks),
             ))?;
         }
-        let c = &mut cursors[top.cursor];
-        if c.advance()? {
+        if c.advance(ranks)? {
             heap.push(HeapItem {
+                key: c.key(),
                 cursor: top.cursor,
-                batch: c.batch.clone(),
-                row: c.row,
             });
         }
     }
@@ -916,7 +999,32 @@ mod tests {
             let b = batch(&rows);
             let mut expected: Vec<u32> = (0..b.num_rows() as u32).collect();
             expected.sort_by(|&x, &y| cmp_rows(&b, x as usize, &b, y as usize));
-            prop_assert_eq!(sorted_order(&b), expected);
+            prop_assert_eq!(sorted_order(&b, &mut Names::default()), expected);
+        }
+
+        /// The merge's keys of rows in two runs compare as `cmp_rows` does.
+        #[test]
+        fn merge_keys_match_cmp_rows(
+            a in proptest::collection::vec(
+                (proptest::option::of(0u8..6), proptest::option::of(-3i64..3), 0u8..3, 0i64..4),
+                1..40,
+            ),
+            b in proptest::collection::vec(
+                (proptest::option::of(0u8..6), proptest::option::of(-3i64..3), 0u8..3, 0i64..4),
+                1..40,
+            ),
+        ) {
+            let (a, b) = (batch(&a), batch(&b));
+            let mut names = Names::default();
+            sorted_order(&a, &mut names);
+            sorted_order(&b, &mut names);
+            let ranks = Ranks::new(names);
+            let (ka, kb) = (ranks.keys(&a).unwrap(), ranks.keys(&b).unwrap());
+            for (i, x) in ka.iter().enumerate() {
+                for (j, y) in kb.iter().enumerate() {
+                    prop_assert_eq!(x.cmp(y), cmp_rows(&a, i, &b, j));
+                }
+            }
         }
     }
 
@@ -928,7 +1036,16 @@ mod tests {
             (Some(10), None, 2, 0),
         ]);
         // "s10" < "s2" in byte order.
-        assert_eq!(string_ranks(b.column(C_SENDER).as_ref()), [2, 0, 1]);
-        assert_eq!(string_ranks(b.column(C_FILE).as_ref()), [2, 1, 3]);
+        let mut names = BTreeSet::new();
+        assert_eq!(
+            string_ranks(b.column(C_SENDER).as_ref(), &mut names),
+            [2, 0, 1]
+        );
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["s10", "s2"]);
+        let mut names = BTreeSet::new();
+        assert_eq!(
+            string_ranks(b.column(C_FILE).as_ref(), &mut names),
+            [2, 1, 3]
+        );
     }
 }
