@@ -278,11 +278,8 @@ impl Tally {
         for (h, n) in o.hourly.iter().enumerate() {
             self.hourly[h] += n;
         }
-        for (k, hours) in o.hourly_by_room {
-            let mine = self.hourly_by_room.entry(k).or_insert([0; 24]);
-            for (h, n) in hours.iter().enumerate() {
-                mine[h] += n;
-            }
+        for (k, hours) in &o.hourly_by_room {
+            add_hours(&mut self.hourly_by_room, k, hours);
         }
         for (k, n) in o.words {
             *self.words.entry(k).or_default() += n;
@@ -300,11 +297,12 @@ impl Tally {
         slice: IdxSize,
     ) -> Result<()> {
         let total = partition_rows(part)?;
+        let scan = scan_partition(part)?;
         let mut offset = 0u64;
         while offset < total {
             // Slice before filtering, so that each slice is read once from the row groups
             // it covers.
-            let mut lf = scan_partition(part)?.slice(offset as i64, slice);
+            let mut lf = scan.clone().slice(offset as i64, slice);
             if !include_system {
                 lf = lf.filter(col("kind").eq(lit("message")));
             }
