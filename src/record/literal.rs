@@ -211,6 +211,33 @@ const fn stop_table(quote: u8) -> [bool; 256] {
 /// Indexed by whether the quote is `"`.
 static STOP: [[bool; 256]; 2] = [stop_table(b'\''), stop_table(b'"')];
 
+/// The first byte of `rest` that ends a run (`table[b]`), looking at 8 bytes at a time: a
+/// word with no quote, backslash, DEL, 0xC2 or byte below 0x20 holds no stop byte.
+fn find_stop(rest: &[u8], table: &[bool; 256], quote: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // Non-zero exactly when some byte of `v` is zero (resp. below `n`, for n <= 0x80).
+    let below = |v: u64, n: u8| v.wrapping_sub(LO * u64::from(n)) & !v & HI;
+    let has = |v: u64, b: u8| below(v ^ (LO * u64::from(b)), 1);
+    let mut words = rest.chunks_exact(8);
+    let mut at = 0;
+    for word in words.by_ref() {
+        let v = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        let maybe = has(v, quote) | has(v, b'\\') | has(v, 0x7f) | has(v, 0xc2) | below(v, 0x20);
+        if maybe != 0
+            && let Some(i) = word.iter().position(|&b| table[usize::from(b)])
+        {
+            return Some(at + i);
+        }
+        at += 8;
+    }
+    let tail = words
+        .remainder()
+        .iter()
+        .position(|&b| table[usize::from(b)]);
+    tail.map(|i| at + i)
+}
+
 /// True for the characters every decoded string loses.
 fn is_dropped_control(c: char) -> bool {
     matches!(c, '\0'..='\u{8}' | '\u{b}'..='\u{1f}' | '\u{7f}'..='\u{9f}')
@@ -547,7 +574,7 @@ impl<'a, 'd> Parser<'a, 'd> {
         let mut run_start = self.pos;
         loop {
             let rest = input.get(self.pos..).unwrap_or_default();
-            let run_len = rest.iter().position(|&b| table[usize::from(b)]);
+            let run_len = find_stop(rest, table, quote);
             self.pos += run_len.unwrap_or(rest.len());
             let Some(&b) = input.get(self.pos) else {
                 return Err(self.end_err(ErrorKind::UnterminatedString));
@@ -709,6 +736,283 @@ impl<'a, 'd> Parser<'a, 'd> {
                 Ok(Value::BigInt(sign.chars().chain(digits).collect()))
             }
         }
+    }
+}
+
+/// A parsed value seen by reference: a string, or any other value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// A string (also the decoding of a bytes literal).
+    Str(&'a str),
+    /// Any value but a string.
+    Other(&'a Value),
+}
+
+impl<'a> ValueRef<'a> {
+    /// A view of `v`.
+    pub fn of(v: &'a Value) -> ValueRef<'a> {
+        match v {
+            Value::Str(s) => ValueRef::Str(s),
+            other => ValueRef::Other(other),
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_value(self) -> Value {
+        match self {
+            ValueRef::Str(s) => Value::Str(s.to_string()),
+            ValueRef::Other(v) => v.clone(),
+        }
+    }
+
+    /// True for `None`/`null`.
+    pub fn is_null(self) -> bool {
+        matches!(self, ValueRef::Other(Value::Null))
+    }
+}
+
+/// Where a decoded string of a flat parse lives.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    /// Verbatim in the input: no escape, nothing dropped.
+    Input(usize, usize),
+    /// In the scratch text.
+    Text(usize, usize),
+}
+
+#[derive(Debug)]
+enum FlatValue {
+    Str(Piece),
+    /// Never a string, a list or a dict.
+    Other(Value),
+}
+
+/// Reusable buffers of [`parse_flat_dict`]: a dict of scalars parses without allocating.
+#[derive(Debug, Default)]
+pub struct FlatScratch {
+    /// Strings that are not verbatim input (escapes, dropped characters).
+    text: String,
+    entries: Vec<(Piece, FlatValue)>,
+}
+
+/// The entries of a dict parsed by [`parse_flat_dict`].
+#[derive(Debug)]
+pub struct FlatDict<'a> {
+    /// The input, when it is all valid UTF-8 (strings may then borrow from it); else empty.
+    input: &'a str,
+    scratch: &'a FlatScratch,
+}
+
+impl<'a> FlatDict<'a> {
+    /// The entries in dict order.
+    pub fn entries(&self) -> Vec<(&'a str, ValueRef<'a>)> {
+        let (input, text) = (self.input, self.scratch.text.as_str());
+        // Pieces end on character boundaries (quotes, backslashes and control characters are
+        // ASCII), so these never fail; a failure would give an empty string, not a panic.
+        let piece = |p: Piece| -> &'a str {
+            match p {
+                Piece::Input(a, b) => input.get(a..b),
+                Piece::Text(a, b) => text.get(a..b),
+            }
+            .unwrap_or_default()
+        };
+        let value = |v: &'a FlatValue| match v {
+            FlatValue::Str(p) => ValueRef::Str(piece(*p)),
+            FlatValue::Other(v) => ValueRef::Other(v),
+        };
+        self.scratch
+            .entries
+            .iter()
+            .map(|(k, v)| (piece(*k), value(v)))
+            .collect()
+    }
+}
+
+/// Dicts with more entries than this go to the general parser (its duplicate check is indexed).
+const FLAT_MAX_ENTRIES: usize = 64;
+
+/// A string sink that borrows the input when a string is one clean run, and decodes into the
+/// scratch text otherwise.
+struct PieceSink<'a, 's> {
+    /// The input as text, when all of it is valid UTF-8; `None` makes every string a copy.
+    valid: Option<&'a str>,
+    input: &'a [u8],
+    text: &'s mut String,
+    state: PieceState,
+}
+
+#[derive(Clone, Copy)]
+enum PieceState {
+    Empty,
+    Input(usize, usize),
+    /// Decoded into the text from this offset on.
+    Text(usize),
+}
+
+impl PieceSink<'_, '_> {
+    fn offset(&self, run: &[u8]) -> usize {
+        run.as_ptr() as usize - self.input.as_ptr() as usize
+    }
+
+    /// Moves what was borrowed so far into the text, so that more can be appended.
+    fn make_text(&mut self) {
+        match self.state {
+            PieceState::Text(_) => {}
+            PieceState::Empty => self.state = PieceState::Text(self.text.len()),
+            PieceState::Input(a, b) => {
+                let start = self.text.len();
+                let run = self.valid.and_then(|v| v.get(a..b)).unwrap_or_default();
+                self.text.push_str(run);
+                self.state = PieceState::Text(start);
+            }
+        }
+    }
+
+    fn finish(self) -> Piece {
+        match self.state {
+            PieceState::Empty => Piece::Text(0, 0),
+            PieceState::Input(a, b) => Piece::Input(a, b),
+            PieceState::Text(a) => Piece::Text(a, self.text.len()),
+        }
+    }
+}
+
+impl Sink for PieceSink<'_, '_> {
+    const BYTES: bool = false;
+    fn run(&mut self, run: &[u8], drops: &mut Drops) {
+        if let Some(valid) = self.valid {
+            // A run ends on a character boundary, and the whole input is valid.
+            let (a, b) = (self.offset(run), self.offset(run) + run.len());
+            if let PieceState::Empty = self.state {
+                self.state = PieceState::Input(a, b);
+                return;
+            }
+            self.make_text();
+            self.text.push_str(valid.get(a..b).unwrap_or_default());
+            return;
+        }
+        self.make_text();
+        match simdutf8::basic::from_utf8(run) {
+            Ok(s) => self.text.push_str(s),
+            Err(_) => push_clean(self.text, run, drops),
+        }
+    }
+    fn ch(&mut self, c: char, drops: &mut Drops) {
+        self.make_text();
+        match is_dropped_control(c) {
+            true => drops.control_chars += 1,
+            false => self.text.push(c),
+        }
+    }
+    fn byte(&mut self, v: u32, drops: &mut Drops) {
+        self.ch(char::from_u32(v).unwrap_or_default(), drops);
+    }
+}
+
+/// The fast path of [`parse_dict`] for the usual record: a dict whose values are all strings,
+/// numbers, booleans or null. Returns the offset after the dict, exactly as `parse_dict`
+/// would, and its entries, which borrow from the input and from `scratch`: no allocation, and
+/// one UTF-8 validation of the whole input instead of one per string.
+///
+/// `None` when the input is anything else (a nested value, a bytes literal, very many entries,
+/// or an error): `parse_dict` then gives the answer, so the two never disagree. `drops` is only
+/// added to on success.
+pub fn parse_flat_dict<'a>(
+    input: &'a [u8],
+    start: usize,
+    limits: &Limits,
+    drops: &mut Drops,
+    scratch: &'a mut FlatScratch,
+) -> Option<(usize, FlatDict<'a>)> {
+    scratch.text.clear();
+    scratch.entries.clear();
+    if limits.max_depth == 0 {
+        return None;
+    }
+    let mut local = Drops::default();
+    let mut p = Parser::new(input, start, &mut local);
+    if p.peek_token().ok()? != b'{' {
+        return None;
+    }
+    let valid = simdutf8::basic::from_utf8(input).ok();
+    let done = |end: usize, local: &Drops, drops: &mut Drops, scratch: &'a FlatScratch| {
+        drops.add(local);
+        let input = valid.unwrap_or_default();
+        Some((end, FlatDict { input, scratch }))
+    };
+    p.pos += 1;
+    if p.peek_token().ok()? == b'}' {
+        let end = p.pos + 1;
+        return done(end, &local, drops, scratch);
+    }
+    loop {
+        let b = p.peek_token().ok()?;
+        let key = p.flat_string(b, valid, &mut scratch.text)?;
+        if p.peek_token().ok()? != b':' {
+            return None;
+        }
+        p.pos += 1;
+        let b = p.peek_token().ok()?;
+        let value = match p.flat_string(b, valid, &mut scratch.text) {
+            Some(s) => FlatValue::Str(s),
+            None if matches!(b, b'{' | b'[' | b'(' | b'\'' | b'"') => return None,
+            None if matches!(b, b'b' | b'B' | b'u' | b'U')
+                && matches!(input.get(p.pos + 1), Some(b'\'' | b'"')) =>
+            {
+                return None;
+            }
+            None => FlatValue::Other(p.parse_scalar(b).ok()?),
+        };
+        // Python's rule for a repeated key: the last value, at the first key's place.
+        let text = scratch.text.as_str();
+        let same_key = |k: &Piece| piece_bytes(input, text, *k) == piece_bytes(input, text, key);
+        let n = scratch.entries.len();
+        match scratch.entries.iter_mut().find(|(k, _)| same_key(k)) {
+            Some(slot) => slot.1 = value,
+            None if n >= FLAT_MAX_ENTRIES => return None,
+            None => scratch.entries.push((key, value)),
+        }
+        let mut c = p.peek_token().ok()?;
+        if c == b',' {
+            p.pos += 1;
+            c = p.peek_token().ok()?;
+            if c != b'}' {
+                continue;
+            }
+        } else if c != b'}' {
+            return None;
+        }
+        let end = p.pos + 1;
+        return done(end, &local, drops, scratch);
+    }
+}
+
+fn piece_bytes<'a>(input: &'a [u8], text: &'a str, p: Piece) -> &'a [u8] {
+    match p {
+        Piece::Input(a, b) => input.get(a..b),
+        Piece::Text(a, b) => text.as_bytes().get(a..b),
+    }
+    .unwrap_or_default()
+}
+
+impl Parser<'_, '_> {
+    /// A `'...'`/`"..."`/`u'...'` string into a piece; `None` when none starts at `b` (or it is a
+    /// bytes literal, or it fails).
+    fn flat_string(&mut self, b: u8, valid: Option<&str>, text: &mut String) -> Option<Piece> {
+        let next_is_quote = matches!(self.input.get(self.pos + 1), Some(b'\'' | b'"'));
+        match b {
+            b'\'' | b'"' => {}
+            b'u' | b'U' if next_is_quote => self.pos += 1,
+            _ => return None,
+        }
+        let mut sink = PieceSink {
+            valid,
+            input: self.input,
+            text,
+            state: PieceState::Empty,
+        };
+        self.scan_string(&mut sink).ok()?;
+        Some(sink.finish())
     }
 }
 
@@ -1260,8 +1564,126 @@ mod tests {
         prop::collection::vec(prop::sample::select(alphabet.to_vec()), 0..256)
     }
 
+    /// The flat path either declines or gives exactly what the general parser gives.
+    fn flat_agrees(bytes: &[u8]) -> Result<bool, TestCaseError> {
+        let limits = Limits::default();
+        let mut scratch = FlatScratch::default();
+        let mut taken = false;
+        for start in [0, 1] {
+            let (mut general_drops, mut flat_drops) = (Drops::default(), Drops::default());
+            let general = parse_dict(bytes, start, &limits, &mut general_drops);
+            let flat = parse_flat_dict(bytes, start, &limits, &mut flat_drops, &mut scratch);
+            let Some((end, dict)) = flat else {
+                prop_assert_eq!(flat_drops, Drops::default());
+                continue;
+            };
+            taken |= start == 0;
+            let text = String::from_utf8_lossy(bytes);
+            let Ok((entries, general_end)) = general else {
+                return Err(TestCaseError::fail(format!("flat accepted {text}")));
+            };
+            let flat: Vec<(String, Value)> = dict
+                .entries()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_value()))
+                .collect();
+            // Debug, so that NaN equals NaN.
+            prop_assert_eq!(format!("{flat:?}"), format!("{entries:?}"), "{}", text);
+            prop_assert_eq!((end, flat_drops), (general_end, general_drops), "{}", text);
+        }
+        Ok(taken)
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            "-?[1-9][0-9]{19,22}".prop_map(Value::BigInt),
+            any::<f64>().prop_map(Value::Float),
+            text().prop_map(Value::Str),
+        ]
+    }
+
+    /// Dicts of scalars, keys repeating now and then.
+    fn flat_dict() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            3 => prop::sample::select(vec!["message", "user", "time", "", "é"]).prop_map(String::from),
+            1 => text(),
+        ];
+        prop::collection::vec((key, scalar()), 0..8).prop_map(Value::Dict)
+    }
+
+    #[test]
+    fn flat_path_takes_typical_records() {
+        let lines: [&[u8]; 5] = [
+            "{'message': '회의 시작할까요', 'time': '2024-08-28 12:19:05', 'user': 'TL', 'offset': 5}".as_bytes(),
+            br#"{"sender": "[INFO]", "message": "User [user1] has entered\n", "end": false, "timestamp": "2024-08-26T11:25:59.859694"}"#,
+            br#"{"message": "\uc548\udce3\udc84\ub155", "offset": 12345, "x": null, "y": 1.5}"#,
+            b"{'message': 'a\x01b\xff', u'user': \"it's\", 'message': 'again'}",
+            b"{ }",
+        ];
+        for line in lines {
+            let text = String::from_utf8_lossy(line);
+            assert!(flat_agrees(line).unwrap(), "flat path not taken: {text}");
+        }
+        // Nested values, bytes literals and errors go to the general parser.
+        for line in [
+            &b"{'a': [1]}"[..],
+            b"{'a': {}}",
+            b"{b'a': 1}",
+            b"{'a': b'x'}",
+            b"{'a' 1}",
+        ] {
+            assert!(
+                !flat_agrees(line).unwrap(),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn flat_path_agrees_with_the_general_parser(v in flat_dict(), cut: prop::sample::Index, byte: u8) {
+            for text in [to_python(&v), to_json(&v, false), to_json(&v, true)] {
+                let taken = flat_agrees(text.as_bytes())?;
+                let finite = !format!("{v:?}").contains("inf") && !format!("{v:?}").contains("NaN");
+                prop_assert!(taken || !finite, "flat path not taken: {}", text);
+                let mut bytes = text.into_bytes();
+                let at = cut.index(bytes.len() + 1);
+                flat_agrees(&bytes[..at])?;
+                if let Some(b) = bytes.get_mut(at) {
+                    *b = byte;
+                    flat_agrees(&bytes)?;
+                }
+            }
+        }
+
+        #[test]
+        fn find_stop_is_the_first_stop_byte(
+            bytes in prop::collection::vec(prop_oneof![
+                4 => 0x20u8..0x7f,
+                2 => 0x80u8..=0xff,
+                1 => prop::sample::select(b"'\"\\\t\n\r\x00\x1f\x7f\xc2".to_vec()),
+            ], 0..40),
+            double in any::<bool>(),
+        ) {
+            let quote = if double { b'"' } else { b'\'' };
+            let table = &STOP[usize::from(double)];
+            let want = bytes.iter().position(|&b| table[usize::from(b)]);
+            prop_assert_eq!(find_stop(&bytes, table, quote), want);
+        }
+
+        #[test]
+        fn flat_path_agrees_on_grammar_soup(bytes in soup()) {
+            flat_agrees(&bytes)?;
+            let mut dict = b"{'k': ".to_vec();
+            dict.extend_from_slice(&bytes);
+            flat_agrees(&dict)?;
+        }
 
         #[test]
         fn roundtrips_through_python_and_json(v in value()) {

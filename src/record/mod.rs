@@ -7,6 +7,8 @@ pub mod normalize;
 pub mod schema;
 pub mod time;
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 /// Whether a record is a person's message or a system announcement.
@@ -50,4 +52,62 @@ pub struct Record {
     pub source_file: String,
     /// 1-based line of the input file where the record starts.
     pub source_line: u64,
+}
+
+/// A record on the common schema that borrows its text from the parsed line where it can: what
+/// the line parsers stage without copying every field into its own allocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordRef<'a> {
+    /// Event time, UTC microseconds since the epoch.
+    pub ts: Option<i64>,
+    /// Sender, trimmed; `None` when missing or empty.
+    pub sender_id: Option<Cow<'a, str>>,
+    /// Message text, cleaned.
+    pub message: &'a str,
+    /// The record's room, else its file's room.
+    pub room: Cow<'a, str>,
+    /// Kafka offset from the record or an `offset=N` prefix.
+    pub kafka_offset: Option<i64>,
+    /// Message or system.
+    pub kind: Kind,
+    /// JSON object text of the fields not mapped onto the schema.
+    pub extra: Option<Cow<'a, str>>,
+    /// Input file, relative to the input root.
+    pub source_file: &'a str,
+    /// 1-based line of the input file where the record starts.
+    pub source_line: u64,
+}
+
+impl RecordRef<'_> {
+    /// An owned copy.
+    pub fn to_owned_record(&self) -> Record {
+        Record {
+            ts: self.ts,
+            sender_id: self.sender_id.as_deref().map(str::to_string),
+            message: self.message.to_string(),
+            room: self.room.to_string(),
+            kafka_offset: self.kafka_offset,
+            kind: self.kind,
+            extra: self.extra.as_deref().map(str::to_string),
+            source_file: self.source_file.to_string(),
+            source_line: self.source_line,
+        }
+    }
+}
+
+impl Record {
+    /// A borrowed view.
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            ts: self.ts,
+            sender_id: self.sender_id.as_deref().map(Cow::Borrowed),
+            message: &self.message,
+            room: Cow::Borrowed(&self.room),
+            kafka_offset: self.kafka_offset,
+            kind: self.kind,
+            extra: self.extra.as_deref().map(Cow::Borrowed),
+            source_file: &self.source_file,
+            source_line: self.source_line,
+        }
+    }
 }

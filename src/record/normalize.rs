@@ -4,13 +4,14 @@
 //! other key, alias duplicates included, is kept in `extra` as JSON so nothing is silently lost.
 //! A time that cannot be parsed leaves `ts` null and keeps the raw value in `extra`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use chrono_tz::Tz;
 
-use super::literal::{Value, to_json};
+use super::literal::{Value, ValueRef, to_json};
 use super::time::{epoch_int_to_micros, epoch_to_micros, parse_time_str};
-use super::{Kind, Record};
+use super::{Kind, Record, RecordRef};
 use crate::config::Settings;
 
 /// Why a parsed record cannot become a row.
@@ -111,10 +112,24 @@ impl Normalizer {
         entries: Vec<(String, Value)>,
         origin: &Origin<'_>,
     ) -> Result<Record, RecordReject> {
+        let refs: Vec<(&str, ValueRef<'_>)> = entries
+            .iter()
+            .map(|(k, v)| (k.as_str(), ValueRef::of(v)))
+            .collect();
+        self.normalize_ref(&refs, origin)
+            .map(|r| r.to_owned_record())
+    }
+
+    /// Maps one parsed record onto the schema, borrowing its text from `entries` and `origin`.
+    pub fn normalize_ref<'a>(
+        &self,
+        entries: &[(&'a str, ValueRef<'a>)],
+        origin: &Origin<'a>,
+    ) -> Result<RecordRef<'a>, RecordReject> {
         // best[i] = (priority, index into entries) of the winning alias of field i.
         let mut best: [Option<(usize, usize)>; 5] = [None; 5];
         for (i, (k, _)) in entries.iter().enumerate() {
-            if let Some(&(field, prio)) = self.aliases.get(k.as_str()) {
+            if let Some(&(field, prio)) = self.aliases.get(*k) {
                 let slot = &mut best[field as usize];
                 if slot.is_none_or(|(p, _)| prio < p) {
                     *slot = Some((prio, i));
@@ -132,87 +147,82 @@ impl Normalizer {
             idx(Field::Room),
             idx(Field::Offset),
         );
-        match mi.map(|i| &entries[i].1) {
+        match mi.map(|i| entries[i].1) {
             None => return Err(RecordReject::MissingMessage),
-            Some(Value::Str(_)) => {}
+            Some(ValueRef::Str(_)) => {}
             Some(_) => return Err(RecordReject::MessageNotString),
         }
-        if let Some(Value::List(_) | Value::Dict(_)) = si.map(|i| &entries[i].1) {
+        if let Some(ValueRef::Other(Value::List(_) | Value::Dict(_))) = si.map(|i| entries[i].1) {
             return Err(RecordReject::SenderNotScalar);
         }
 
         let mut sender_id = None;
-        let mut message = String::new();
+        let mut message = "";
         let mut ts = None;
         let mut room = None;
         let mut kafka_offset = None;
         let mut extra: Vec<(String, Value)> = Vec::new();
-        for (i, (k, v)) in entries.into_iter().enumerate() {
+        let mut keep = |k: &str, v: ValueRef<'_>| extra.push((k.to_string(), v.to_value()));
+        for (i, &(k, v)) in entries.iter().enumerate() {
             let i = Some(i);
             if i == mi {
-                if let Value::Str(s) = v {
+                if let ValueRef::Str(s) = v {
                     message = s;
                 }
             } else if i == si {
-                sender_id = scalar_text(v)
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty());
+                sender_id = scalar_text(v).map(trim).filter(|s| !s.is_empty());
             } else if i == ti {
-                ts = match &v {
-                    Value::Null => None,
-                    Value::Str(s) => parse_time_str(s, &self.tz),
-                    Value::Int(n) => epoch_int_to_micros(*n),
-                    Value::Float(f) => epoch_to_micros(*f),
-                    _ => None,
+                ts = match v {
+                    ValueRef::Str(s) => parse_time_str(s, &self.tz),
+                    ValueRef::Other(Value::Int(n)) => epoch_int_to_micros(*n),
+                    ValueRef::Other(Value::Float(f)) => epoch_to_micros(*f),
+                    ValueRef::Other(_) => None,
                 };
-                if ts.is_none() && v != Value::Null {
-                    extra.push((k, v));
+                if ts.is_none() && !v.is_null() {
+                    keep(k, v);
                 }
             } else if i == ri {
-                match scalar_text(v.clone()).map(|s| s.trim().to_string()) {
+                match scalar_text(v).map(trim) {
                     Some(s) if !s.is_empty() => room = Some(s),
-                    _ if v == Value::Null => {}
-                    _ => extra.push((k, v)),
+                    _ if v.is_null() => {}
+                    _ => keep(k, v),
                 }
             } else if i == oi {
-                kafka_offset = match &v {
-                    Value::Int(n) => Some(*n),
-                    Value::Str(s) => s.trim().parse::<i64>().ok(),
-                    _ => None,
+                kafka_offset = match v {
+                    ValueRef::Other(Value::Int(n)) => Some(*n),
+                    ValueRef::Str(s) => s.trim().parse::<i64>().ok(),
+                    ValueRef::Other(_) => None,
                 };
-                if kafka_offset.is_none() && v != Value::Null {
-                    extra.push((k, v));
+                if kafka_offset.is_none() && !v.is_null() {
+                    keep(k, v);
                 }
             } else {
-                extra.push((k, v));
+                keep(k, v);
             }
         }
         if sender_id.as_deref() == Some(crate::layout::HIVE_NULL) {
             // Every Hive reader reads this name back as null: store null and keep the name in `extra`.
-            extra.push((
-                "sender_id_full".to_string(),
-                Value::Str(crate::layout::HIVE_NULL.into()),
-            ));
+            keep("sender_id_full", ValueRef::Str(crate::layout::HIVE_NULL));
             sender_id = None;
         } else if let Some(full) = &sender_id
             && let Some(short) = crate::layout::shorten_sender_id(full)
         {
-            extra.push(("sender_id_full".to_string(), Value::Str(full.clone())));
-            sender_id = Some(short);
+            keep("sender_id_full", ValueRef::Str(full));
+            sender_id = Some(Cow::Owned(short));
         }
         let kind = match &sender_id {
-            Some(s) if self.system_senders.contains(s) => Kind::System,
+            Some(s) if self.system_senders.contains(s.as_ref()) => Kind::System,
             _ => Kind::Message,
         };
-        Ok(Record {
+        Ok(RecordRef {
             ts,
             sender_id,
             message,
-            room: room.unwrap_or_else(|| origin.file_room.to_string()),
+            room: room.unwrap_or(Cow::Borrowed(origin.file_room)),
             kafka_offset: kafka_offset.or(origin.prefix_offset),
             kind,
-            extra: (!extra.is_empty()).then(|| to_json(&Value::Dict(extra), false)),
-            source_file: origin.source_file.to_string(),
+            extra: (!extra.is_empty()).then(|| Cow::Owned(to_json(&Value::Dict(extra), false))),
+            source_file: origin.source_file,
             source_line: origin.line,
         })
     }
@@ -220,14 +230,24 @@ impl Normalizer {
 
 /// Text of a scalar value (numbers and booleans as Python would print them); `None` for null,
 /// lists and dicts.
-fn scalar_text(v: Value) -> Option<String> {
+fn scalar_text(v: ValueRef<'_>) -> Option<Cow<'_, str>> {
     match v {
-        Value::Str(s) => Some(s),
-        Value::Int(n) => Some(n.to_string()),
-        Value::BigInt(s) => Some(s),
-        Value::Float(f) => Some(f.to_string()),
-        Value::Bool(b) => Some(if b { "True" } else { "False" }.to_string()),
-        Value::Null | Value::List(_) | Value::Dict(_) => None,
+        ValueRef::Str(s) => Some(Cow::Borrowed(s)),
+        ValueRef::Other(Value::Int(n)) => Some(Cow::Owned(n.to_string())),
+        ValueRef::Other(Value::BigInt(s)) => Some(Cow::Borrowed(s)),
+        ValueRef::Other(Value::Float(f)) => Some(Cow::Owned(f.to_string())),
+        ValueRef::Other(Value::Bool(b)) => Some(Cow::Borrowed(if *b { "True" } else { "False" })),
+        ValueRef::Other(Value::Str(s)) => Some(Cow::Borrowed(s)),
+        ValueRef::Other(Value::Null | Value::List(_) | Value::Dict(_)) => None,
+    }
+}
+
+/// `s` without leading and trailing whitespace, borrowed when it was.
+fn trim(s: Cow<'_, str>) -> Cow<'_, str> {
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+        Cow::Owned(o) if o.trim().len() == o.len() => Cow::Owned(o),
+        Cow::Owned(o) => Cow::Owned(o.trim().to_string()),
     }
 }
 

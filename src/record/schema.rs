@@ -10,7 +10,7 @@ use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuil
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use super::Record;
+use super::{Record, RecordRef};
 
 /// Column names, in order.
 pub const COLUMNS: [&str; 9] = [
@@ -97,14 +97,19 @@ impl BatchBuilder {
 
     /// Appends one record.
     pub fn push(&mut self, r: &Record) {
+        self.push_ref(&r.as_ref());
+    }
+
+    /// Appends one borrowed record.
+    pub fn push_ref(&mut self, r: &RecordRef<'_>) {
         self.ts.append_option(r.ts);
         self.sender_id.append_option(r.sender_id.as_deref());
-        self.message.append_value(&r.message);
+        self.message.append_value(r.message);
         self.room.append_value(&r.room);
         self.kafka_offset.append_option(r.kafka_offset);
         self.kind.append_value(r.kind.as_str());
         self.extra.append_option(r.extra.as_deref());
-        self.source_file.append_value(&r.source_file);
+        self.source_file.append_value(r.source_file);
         self.source_line.append_value(r.source_line as i64);
         self.rows += 1;
         self.bytes += 64
