@@ -18,6 +18,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use arrow_array::RecordBatch;
 use arrow_ipc::writer::FileWriter;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -28,13 +29,13 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::input::InputFile;
-use crate::layout::{Layout, fsync_path, swap_into_place};
+use crate::layout::{Layout, WritebackFile, fsync_path, swap_into_place};
 use crate::lock::DateLock;
 use crate::record::clean::{clean_bytes, escape_raw};
-use crate::record::literal::{self, Drops, Limits, Value};
+use crate::record::literal::{self, Drops, FlatScratch, Limits, Value, ValueRef};
 use crate::record::normalize::{Normalizer, Origin};
 use crate::record::schema::{BatchBuilder, staged_schema};
-use crate::record::{Kind, Record};
+use crate::record::{Kind, Record, RecordRef};
 use crate::stage::Outcome;
 use crate::stage::dedupe::{DedupeIndex, Key};
 
@@ -396,17 +397,31 @@ fn kafka_message(
     }
     // Every message should hold a record: one that does not is rejected, not noise. The record's
     // offset is the message's.
-    let out = match classify_line(&sink.normalizer, &sink.limits, payload, offset, source) {
+    let mut record = None;
+    let parsed = classify_line(
+        &sink.normalizer,
+        &sink.limits,
+        payload,
+        offset,
+        source,
+        &mut sink.scratch,
+        |r| record = Some(r.to_owned_record()),
+    );
+    let out = match parsed {
         LineOut::Noise => {
             LineOut::Reject("not_a_record", "the message holds no {...} record".into())
         }
-        LineOut::Record(mut record, drops) => {
-            record.kafka_offset = Some(m.offset);
-            LineOut::Record(record, drops)
-        }
         other => other,
     };
-    account(sink, stats, offset, payload, out)
+    let is_record = matches!(out, LineOut::Record(_));
+    account(sink, stats, offset, payload, out)?;
+    match record.filter(|_| is_record) {
+        Some(mut record) => {
+            record.kafka_offset = Some(m.offset);
+            sink.stage(stats, record)
+        }
+        None => Ok(()),
+    }
 }
 
 /// Stages a date from a source: builds staging and rejects in temporary directories with
@@ -479,7 +494,7 @@ struct Sink {
     limits: Limits,
     max_line: usize,
     builder: BatchBuilder,
-    writer: FileWriter<BufWriter<File>>,
+    writer: FileWriter<BufWriter<WritebackFile>>,
     staged_path: PathBuf,
     rejects: BufWriter<File>,
     rejects_path: PathBuf,
@@ -500,6 +515,8 @@ struct Sink {
     /// same Kafka record; not Kafka itself, where partitions share rooms and offsets.
     dedupe: bool,
     budget_bytes: usize,
+    /// Parse buffers of the records parsed on this thread (Kafka messages).
+    scratch: FlatScratch,
 }
 
 impl Sink {
@@ -549,40 +566,73 @@ impl Sink {
     }
 
     fn stage(&mut self, stats: &mut FileStats, r: Record) -> Result<()> {
-        stats.records += 1;
-        let system = r.kind == Kind::System;
-        stats.system += u64::from(system);
-        stats.ts_missing += u64::from(r.ts.is_none());
-        let sender = match self.senders.get(&r.sender_id) {
-            Some(&i) => i,
-            None => {
-                let i = u32::try_from(self.sender_rows.len())
-                    .map_err(|_| Error::Data("more than 2^32 senders in one day".into()))?;
-                self.senders.insert(r.sender_id.clone(), i);
-                self.sender_rows.push(0);
-                i
-            }
-        };
-        self.sender_rows[sender as usize] += 1;
-        if let Some(off) = r.kafka_offset.filter(|_| self.dedupe) {
-            let content = hash_of(&(&r.sender_id, &r.message, r.ts, &r.extra));
-            let key = Key::new(
-                hash_of(&r.room),
-                off,
-                content,
-                self.rows,
-                self.file_no,
-                sender,
-            )
-            .with_flags(system, r.ts.is_none());
-            self.dedupe_index.push(key)?;
-        }
-        self.rows += 1;
-        self.builder.push(&r);
+        let sender = self.sender_index(&r.sender_id)?;
+        let r = r.as_ref();
+        self.stage_row(stats, &row_meta(&r, sender))?;
+        self.builder.push_ref(&r);
         if self.builder.len() >= BATCH_ROWS || self.builder.bytes() >= self.budget_bytes {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The index of a sender in `sender_rows`, a new one for a sender not met before.
+    fn sender_index(&mut self, sender: &Option<String>) -> Result<u32> {
+        if let Some(&i) = self.senders.get(sender) {
+            return Ok(i);
+        }
+        let i = u32::try_from(self.sender_rows.len())
+            .map_err(|_| Error::Data("more than 2^32 senders in one day".into()))?;
+        self.senders.insert(sender.clone(), i);
+        self.sender_rows.push(0);
+        Ok(i)
+    }
+
+    /// Counts the next staged row (`meta.sender` being its index in `sender_rows`) and notes its
+    /// duplicate-check key; the row itself is staged by the caller, in the same order.
+    fn stage_row(&mut self, stats: &mut FileStats, meta: &RowMeta) -> Result<()> {
+        stats.records += 1;
+        stats.system += u64::from(meta.system);
+        stats.ts_missing += u64::from(meta.no_ts);
+        self.sender_rows[meta.sender as usize] += 1;
+        if let Some((room, off, content)) = meta.key.filter(|_| self.dedupe) {
+            let key = Key::new(room, off, content, self.rows, self.file_no, meta.sender)
+                .with_flags(meta.system, meta.no_ts);
+            self.dedupe_index.push(key)?;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Stages a chunk parsed by a line parser: its rows' counts, rejects and batch.
+    fn stage_chunk(&mut self, stats: &mut FileStats, chunk: &Chunk, parsed: Parsed) -> Result<()> {
+        let senders = parsed
+            .senders
+            .iter()
+            .map(|s| self.sender_index(s))
+            .collect::<Result<Vec<u32>>>()?;
+        // Rows staged one by one go first, so that row numbers follow the file.
+        self.flush()?;
+        let mut rows = parsed.rows.iter();
+        for (i, (l, out)) in chunk.lines.iter().zip(parsed.outs).enumerate() {
+            let no = chunk.first_line_no + i as u64 + 1;
+            let is_record = matches!(out, LineOut::Record(_));
+            account(self, stats, no, &chunk.data[l.start..l.end], out)?;
+            if is_record {
+                let meta = rows
+                    .next()
+                    .ok_or_else(|| Error::Internal("a parsed row is missing".into()))?;
+                let sender = senders[meta.sender as usize];
+                self.stage_row(stats, &RowMeta { sender, ..*meta })?;
+            }
+        }
+        match parsed.batch {
+            Some(batch) => self
+                .writer
+                .write(&batch)
+                .map_err(|e| arrow_err("cannot write", &self.staged_path, e)),
+            None => Ok(()),
+        }
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -609,6 +659,29 @@ fn hash_of<T: Hash>(t: &T) -> u64 {
     foldhash::fast::FixedState::with_seed(0x6368_6174_6574_6c00).hash_one(t)
 }
 
+/// What the sink needs of a staged row besides the row itself.
+#[derive(Debug, Clone, Copy)]
+struct RowMeta {
+    /// The sender's index (per chunk in a line parser, per date in the sink).
+    sender: u32,
+    system: bool,
+    no_ts: bool,
+    /// (room hash, offset, content hash) of a record with a Kafka offset.
+    key: Option<(u64, i64, u64)>,
+}
+
+fn row_meta(r: &RecordRef<'_>, sender: u32) -> RowMeta {
+    RowMeta {
+        sender,
+        system: r.kind == Kind::System,
+        no_ts: r.ts.is_none(),
+        key: r.kafka_offset.map(|off| {
+            let content = hash_of(&(&r.sender_id, r.message, r.ts, &r.extra));
+            (hash_of(&r.room), off, content)
+        }),
+    }
+}
+
 /// Extracts every file into the temporary staging and rejects directories.
 fn extract_into(
     settings: &Settings,
@@ -620,7 +693,7 @@ fn extract_into(
     let staged_path = staging.join(STAGED_RECORDS);
     let file =
         File::create(&staged_path).map_err(|e| Error::io("cannot create", &staged_path, e))?;
-    let writer = FileWriter::try_new(BufWriter::new(file), &staged_schema())
+    let writer = FileWriter::try_new(BufWriter::new(WritebackFile::new(file)), &staged_schema())
         .map_err(|e| arrow_err("cannot write", &staged_path, e))?;
     let rejects_path = rejects.join(REJECTS_FILE);
     let budget = (settings.memory_budget_mb as usize) << 20;
@@ -643,6 +716,7 @@ fn extract_into(
         dedupe: true,
         progress: indicatif::ProgressBar::hidden(),
         budget_bytes: budget >> 3,
+        scratch: FlatScratch::default(),
     };
     let mut stats_all = fill(&mut sink)?;
     // Staged rows leave memory before the duplicate index is merged.
@@ -682,6 +756,7 @@ fn extract_into(
         .map_err(|e| Error::io("cannot write", &staged_path, e))?;
     inner
         .get_ref()
+        .file()
         .sync_all()
         .map_err(|e| Error::io("cannot sync", &staged_path, e))?;
     sink.rejects
@@ -1037,7 +1112,7 @@ struct Chunk {
 }
 
 /// A chunk handed to a parser thread, and where its lines' outcomes go.
-type ParseJob = (Chunk, std::sync::mpsc::SyncSender<(Chunk, Vec<LineOut>)>);
+type ParseJob = (Chunk, std::sync::mpsc::SyncSender<(Chunk, Parsed)>);
 
 /// Line-oriented formats.
 ///
@@ -1070,10 +1145,17 @@ fn lines_mode<R: BufRead>(
         let job_tx = job_tx;
         for _ in 0..parsers {
             scope.spawn(move || {
+                let mut parser = LineParser {
+                    normalizer,
+                    limits,
+                    scratch: FlatScratch::default(),
+                    builder: BatchBuilder::new(),
+                    sender_ids: HashMap::default(),
+                };
                 loop {
                     let job = job_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok((chunk, done))) = job else { return };
-                    let outs = parse_lines(normalizer, limits, &chunk, f);
+                    let outs = parser.parse(&chunk, f);
                     // The reader stopped early (an error) when nobody waits for the result.
                     let _ = done.send((chunk, outs));
                 }
@@ -1121,17 +1203,14 @@ fn lines_mode<R: BufRead>(
             let (chunk, outs) = done
                 .recv()
                 .map_err(|_| Error::Internal("a line parser stopped".into()))?;
-            for (i, (l, out)) in chunk.lines.iter().zip(outs).enumerate() {
-                let no = chunk.first_line_no + i as u64 + 1;
-                account(sink, stats, no, &chunk.data[l.start..l.end], out)?;
-            }
+            sink.stage_chunk(stats, &chunk, outs)?;
             spare.push(chunk);
         }
     })
 }
 
 /// Counts one line by what it turned out to be: blank, noise, rejected (into the rejects file,
-/// `line` being the bytes kept) or a record to stage.
+/// `line` being the bytes kept) or a record (which the caller stages).
 fn account(
     sink: &mut Sink,
     stats: &mut FileStats,
@@ -1158,10 +1237,9 @@ fn account(
         LineOut::Reject(reason, detail) => {
             sink.reject(stats, line_no, reason, detail, line, None)?
         }
-        LineOut::Record(record, drops) => {
+        LineOut::Record(drops) => {
             stats.record_lines += 1;
             stats.dropped.add(&drops);
-            sink.stage(stats, *record)?;
         }
     }
     Ok(())
@@ -1173,36 +1251,92 @@ enum LineOut {
     Noise,
     TooLong(u64),
     Reject(&'static str, String),
-    Record(Box<Record>, Drops),
+    /// A record, handed to the caller's `on_record`; the characters its strings lost.
+    Record(Drops),
 }
 
-/// Classifies and parses a chunk's lines, in line order.
-fn parse_lines(
-    normalizer: &Normalizer,
-    limits: &Limits,
-    chunk: &Chunk,
-    f: &InputFile,
-) -> Vec<LineOut> {
-    let line = |(i, l): (usize, &LineRef)| match l.too_long {
-        Some(total) => LineOut::TooLong(total),
-        None => classify_line(
-            normalizer,
-            limits,
-            &chunk.data[l.start..l.end],
-            chunk.first_line_no + i as u64 + 1,
-            f,
-        ),
-    };
-    chunk.lines.iter().enumerate().map(line).collect()
+/// A chunk's lines parsed: what each line is, and the records as one Arrow batch.
+struct Parsed {
+    outs: Vec<LineOut>,
+    /// The records, in line order.
+    batch: Option<RecordBatch>,
+    /// One per record, in line order; `sender` indexes `senders`.
+    rows: Vec<RowMeta>,
+    /// The chunk's distinct senders.
+    senders: Vec<Option<String>>,
 }
 
-/// Classifies one line and, when it holds a record, parses and normalises it.
+/// A parser thread's state, reused from chunk to chunk.
+struct LineParser<'n> {
+    normalizer: &'n Normalizer,
+    limits: &'n Limits,
+    scratch: FlatScratch,
+    builder: BatchBuilder,
+    sender_ids: HashMap<String, u32, foldhash::fast::RandomState>,
+}
+
+impl LineParser<'_> {
+    /// Classifies and parses a chunk's lines, in line order, staging the records into a batch.
+    fn parse(&mut self, chunk: &Chunk, f: &InputFile) -> Parsed {
+        self.sender_ids.clear();
+        let mut senders: Vec<Option<String>> = Vec::new();
+        let mut null_sender = None;
+        let mut rows = Vec::new();
+        let mut outs = Vec::with_capacity(chunk.lines.len());
+        for (i, l) in chunk.lines.iter().enumerate() {
+            if let Some(total) = l.too_long {
+                outs.push(LineOut::TooLong(total));
+                continue;
+            }
+            let (builder, sender_ids) = (&mut self.builder, &mut self.sender_ids);
+            let on_record = |r: RecordRef<'_>| {
+                let sender = match r.sender_id.as_deref() {
+                    None => *null_sender.get_or_insert_with(|| {
+                        senders.push(None);
+                        senders.len() as u32 - 1
+                    }),
+                    Some(s) => match sender_ids.get(s) {
+                        Some(&i) => i,
+                        None => {
+                            senders.push(Some(s.to_string()));
+                            sender_ids.insert(s.to_string(), senders.len() as u32 - 1);
+                            senders.len() as u32 - 1
+                        }
+                    },
+                };
+                rows.push(row_meta(&r, sender));
+                builder.push_ref(&r);
+            };
+            outs.push(classify_line(
+                self.normalizer,
+                self.limits,
+                &chunk.data[l.start..l.end],
+                chunk.first_line_no + i as u64 + 1,
+                f,
+                &mut self.scratch,
+                on_record,
+            ));
+        }
+        let batch = (!self.builder.is_empty()).then(|| self.builder.finish());
+        Parsed {
+            outs,
+            batch,
+            rows,
+            senders,
+        }
+    }
+}
+
+/// Classifies one line and, when it holds a record, parses and normalises it and hands it to
+/// `on_record`. Records of scalars take the allocation-free path of the parser.
 fn classify_line(
     normalizer: &Normalizer,
     limits: &Limits,
     line: &[u8],
     line_no: u64,
     f: &InputFile,
+    scratch: &mut FlatScratch,
+    on_record: impl FnOnce(RecordRef<'_>),
 ) -> LineOut {
     if line.trim_ascii().is_empty() {
         return LineOut::Blank;
@@ -1211,26 +1345,45 @@ fn classify_line(
         return LineOut::Noise;
     };
     let mut drops = Drops::default();
-    match literal::parse_dict(line, start, limits, &mut drops) {
-        Ok((entries, end)) => {
-            if !line[end..].trim_ascii().is_empty() {
-                return LineOut::Reject(
-                    "trailing_garbage",
-                    format!("unexpected text after the record at byte {end}"),
-                );
-            }
-            let origin = Origin {
-                file_room: &f.room,
-                source_file: &f.rel,
-                line: line_no,
-                prefix_offset: prefix_offset(&line[..start]),
-            };
-            match normalizer.normalize(entries, &origin) {
-                Ok(r) => LineOut::Record(Box::new(r), drops),
-                Err(rej) => LineOut::Reject(rej.code(), rej.text().into()),
-            }
+    let origin = |end: usize| {
+        if !line[end..].trim_ascii().is_empty() {
+            return Err(LineOut::Reject(
+                "trailing_garbage",
+                format!("unexpected text after the record at byte {end}"),
+            ));
         }
-        Err(e) => LineOut::Reject(e.kind.code(), e.to_string()),
+        Ok(Origin {
+            file_room: &f.room,
+            source_file: &f.rel,
+            line: line_no,
+            prefix_offset: prefix_offset(&line[..start]),
+        })
+    };
+    let owned;
+    let entries = match literal::parse_flat_dict(line, start, limits, &mut drops, scratch) {
+        Some((end, dict)) => match origin(end) {
+            Ok(o) => (dict.entries(), o),
+            Err(out) => return out,
+        },
+        None => match literal::parse_dict(line, start, limits, &mut drops) {
+            Ok((entries, end)) => match origin(end) {
+                Ok(o) => {
+                    owned = entries;
+                    let refs = owned.iter().map(|(k, v)| (k.as_str(), ValueRef::of(v)));
+                    (refs.collect(), o)
+                }
+                Err(out) => return out,
+            },
+            Err(e) => return LineOut::Reject(e.kind.code(), e.to_string()),
+        },
+    };
+    let (entries, origin): (Vec<(&str, ValueRef<'_>)>, Origin<'_>) = entries;
+    match normalizer.normalize_ref(&entries, &origin) {
+        Ok(r) => {
+            on_record(r);
+            LineOut::Record(drops)
+        }
+        Err(rej) => LineOut::Reject(rej.code(), rej.text().into()),
     }
 }
 
