@@ -134,46 +134,79 @@ pub struct DedupeIndex {
     runs: Vec<PathBuf>,
     /// Run files written so far (names are never reused).
     written: usize,
+    /// The run being sorted and written on another thread, while keys go on arriving.
+    pending: Option<(PathBuf, std::thread::JoinHandle<Result<()>>)>,
+}
+
+impl Drop for DedupeIndex {
+    fn drop(&mut self) {
+        // Not left writing into a directory that is about to be removed.
+        if let Some((_, h)) = self.pending.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl DedupeIndex {
     /// An empty index that spills into `dir` (created when first needed) once its keys exceed
-    /// `mem_bytes`.
+    /// `mem_bytes`: keys arrive in one half while the other half is sorted and written.
     pub fn new(dir: PathBuf, mem_bytes: usize) -> DedupeIndex {
         DedupeIndex {
             buf: Vec::new(),
-            cap: (mem_bytes / std::mem::size_of::<Key>()).max(1024),
+            cap: (mem_bytes / 2 / std::mem::size_of::<Key>()).max(1024),
             dir,
             runs: Vec::new(),
             written: 0,
+            pending: None,
         }
     }
 
-    /// Notes one key; sorts and spills the keys in memory when they fill the budget.
+    /// Notes one key; when the keys in memory fill their half of the budget, they are sorted and
+    /// spilled on another thread.
     pub fn push(&mut self, k: Key) -> Result<()> {
         if self.buf.capacity() == 0 {
             self.buf.reserve_exact(self.cap);
         }
         self.buf.push(k);
         if self.buf.len() >= self.cap {
-            self.buf.sort_unstable_by_key(Key::order);
-            let keys = std::mem::take(&mut self.buf);
-            self.write_run(keys.into_iter().map(Ok))?;
+            // One run in the works at a time: two halves of the budget at most.
+            self.wait()?;
+            let mut keys = std::mem::take(&mut self.buf);
+            let path = self.next_run()?;
+            let run = path.clone();
+            let sorter = std::thread::Builder::new().spawn(move || {
+                keys.sort_unstable_by_key(Key::order);
+                write_keys(&run, keys.into_iter().map(Ok))
+            });
+            let sorter = sorter.map_err(|e| Error::io("cannot start a thread for", &path, e))?;
+            self.pending = Some((path, sorter));
         }
         Ok(())
     }
 
-    /// Writes sorted keys as the next run file.
-    fn write_run(&mut self, keys: impl Iterator<Item = Result<Key>>) -> Result<()> {
+    /// Waits for the run being written, if any.
+    fn wait(&mut self) -> Result<()> {
+        if let Some((path, sorter)) = self.pending.take() {
+            sorter
+                .join()
+                .map_err(|_| Error::Internal("the duplicate-key sorter panicked".into()))??;
+            self.runs.push(path);
+        }
+        Ok(())
+    }
+
+    /// The path of the next run file.
+    fn next_run(&mut self) -> Result<PathBuf> {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io("cannot create", &self.dir, e))?;
         let path = self.dir.join(format!("keys-{:05}.bin", self.written));
         self.written += 1;
-        let err = |e| Error::io("cannot write", &path, e);
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&path).map_err(err)?);
-        for k in keys {
-            w.write_all(&k?.to_bytes()).map_err(err)?;
-        }
-        w.into_inner().map_err(|e| err(e.into_error()))?;
+        Ok(path)
+    }
+
+    /// Writes sorted keys as the next run file.
+    fn write_run(&mut self, keys: impl Iterator<Item = Result<Key>>) -> Result<()> {
+        let path = self.next_run()?;
+        write_keys(&path, keys)?;
         self.runs.push(path);
         Ok(())
     }
@@ -202,6 +235,7 @@ impl DedupeIndex {
     /// Resolves duplicates among `rows` staged rows from `files` input files and `senders`
     /// senders, and removes the spill files.
     pub fn resolve(mut self, rows: u64, files: usize, senders: usize) -> Result<Resolution> {
+        self.wait()?;
         self.buf.sort_unstable_by_key(Key::order);
         // Too many runs for one merge (a small budget and a big day): merge the oldest FAN_IN
         // into one longer run until few enough are left.
@@ -231,6 +265,17 @@ impl DedupeIndex {
         }
         Ok(res)
     }
+}
+
+/// Writes sorted keys to a run file.
+fn write_keys(path: &Path, keys: impl Iterator<Item = Result<Key>>) -> Result<()> {
+    let err = |e| Error::io("cannot write", path, e);
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path).map_err(err)?);
+    for k in keys {
+        w.write_all(&k?.to_bytes()).map_err(err)?;
+    }
+    w.into_inner().map_err(|e| err(e.into_error()))?;
+    Ok(())
 }
 
 /// A k-way merge of sorted sources, in key order.
@@ -543,6 +588,7 @@ mod tests {
             idx.push(Key::new(1, (row % 100) as i64, 9, row, 0, 0))
                 .unwrap();
         }
+        idx.wait().unwrap();
         assert_eq!(idx.runs.len(), 200);
         let res = idx.resolve(200, 1, 1).unwrap();
         assert_eq!(res.dropped_rows, 100);
