@@ -890,7 +890,8 @@ fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in/room");
     fs::create_dir_all(&input).unwrap();
-    // About 14 MB staged: more than the 4 MiB runs a 16 MiB budget allows, so write must spill.
+    // About 14 MB staged: more than the runs a 16 MiB budget allows (under 3 MiB, sorted by one
+    // thread per core), so write must spill, and the merge must keep the runs in order.
     let mut s = String::new();
     for i in 0..90_000u64 {
         // Times go backwards per sender so the sort has work to do.
