@@ -7,7 +7,9 @@
 //! Naive times are wall-clock in the configured zone; an ambiguous wall-clock time (the hour a
 //! DST change repeats) takes the earlier instant, a skipped one moves forward by the gap.
 
-use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+use chrono::{
+    DateTime, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Timelike,
+};
 use chrono_tz::Tz;
 
 /// Microseconds since the Unix epoch for a number read as an epoch timestamp.
@@ -192,8 +194,39 @@ fn parse_ctime(s: &str, tz: &Tz) -> Option<i64> {
         .and_then(|n| local_to_micros(n, tz))
 }
 
+thread_local! {
+    /// (zone, wall-clock hour as hours since 1970-01-01T00, its UTC offset in seconds) of the
+    /// last hour converted on this thread whose every second exists exactly once.
+    static HOUR_OFFSET: std::cell::Cell<Option<(Tz, i64, i64)>> = const { std::cell::Cell::new(None) };
+}
+
 /// A wall-clock time in `tz` as UTC microseconds.
+///
+/// A day's records fall in a few hours: the offset of the last plain hour (no DST change in it)
+/// is kept per thread, which saves the zone's transition search on nearly every record.
 pub fn local_to_micros(n: NaiveDateTime, tz: &Tz) -> Option<i64> {
+    let as_utc = n.and_utc();
+    let hour = as_utc.timestamp().div_euclid(3600);
+    if let Some((_, _, offset)) = HOUR_OFFSET.get().filter(|&(z, h, _)| z == *tz && h == hour) {
+        return Some(as_utc.timestamp_micros() - offset * 1_000_000);
+    }
+    let micros = zone_to_micros(n, tz);
+    let single_offset = |t: NaiveDateTime| match tz.from_local_datetime(&t) {
+        LocalResult::Single(dt) => Some(i64::from(dt.offset().fix().local_minus_utc())),
+        _ => None,
+    };
+    let start = n.date().and_time(NaiveTime::from_hms_opt(n.hour(), 0, 0)?);
+    let end = start + chrono::Duration::seconds(3599);
+    if let (Some(a), Some(b)) = (single_offset(start), single_offset(end))
+        && a == b
+    {
+        HOUR_OFFSET.set(Some((*tz, hour, a)));
+    }
+    micros
+}
+
+/// [`local_to_micros`] through the zone's rules, without the cache.
+fn zone_to_micros(n: NaiveDateTime, tz: &Tz) -> Option<i64> {
     match tz.from_local_datetime(&n) {
         LocalResult::Single(dt) => Some(dt.timestamp_micros()),
         LocalResult::Ambiguous(a, _) => Some(a.timestamp_micros()),
@@ -218,6 +251,39 @@ mod tests {
 
     fn utc(s: &str) -> i64 {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
+    }
+
+    /// The per-hour cache gives what the zone's rules give, minute by minute across DST changes
+    /// (Lord Howe's is half an hour) and back and forth between zones.
+    #[test]
+    fn hour_cache_agrees_with_the_zone_rules() {
+        use chrono_tz::{America, Australia, Europe};
+        let zones = [
+            Seoul,
+            America::New_York,
+            Europe::London,
+            Australia::Lord_Howe,
+        ];
+        let days = [
+            (2024, 3, 9),
+            (2024, 3, 30),
+            (2024, 4, 6),
+            (2024, 10, 5),
+            (2024, 11, 2),
+        ];
+        for (y, m, d) in days {
+            let day = NaiveDate::from_ymd_opt(y, m, d)
+                .unwrap()
+                .and_time(NaiveTime::MIN);
+            for minute in (0..3 * 24 * 60).step_by(7) {
+                let t = day + chrono::Duration::seconds(minute * 60 + minute % 60);
+                for tz in &zones {
+                    assert_eq!(local_to_micros(t, tz), zone_to_micros(t, tz), "{t} {tz}");
+                }
+                let tz = &zones[minute as usize % zones.len()];
+                assert_eq!(local_to_micros(t, tz), zone_to_micros(t, tz), "{t} {tz}");
+            }
+        }
     }
 
     #[test]
