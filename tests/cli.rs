@@ -902,6 +902,16 @@ fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
         ));
     }
     fs::write(input.join("chat_2024-10-24.log"), s).unwrap();
+    // A JSON array on one line whose elements share sender, time, file and line: their order is
+    // the staged order, in memory or across spilled runs.
+    let tied: Vec<String> = (0..3_000)
+        .map(|i| format!(r#"{{"user": "tied", "message": "m{i}", "time": 1729800000}}"#))
+        .collect();
+    fs::write(
+        input.join("array_2024-10-24.json"),
+        format!("[{}]", tied.join(", ")),
+    )
+    .unwrap();
     let inp = dir.path().join("in");
     let mut manifests = Vec::new();
     for (root, budget) in [("small", "16"), ("large", "4096")] {
@@ -924,10 +934,10 @@ fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
             assert!(log.contains("sorted in memory"), "{log}");
         }
         let date_dir = out.join("messages/date=2024-10-24");
-        assert_eq!(assert_complete_date(&date_dir), 90_000);
+        assert_eq!(assert_complete_date(&date_dir), 93_000);
         let m: Value =
             serde_json::from_slice(&fs::read(date_dir.join("_SUCCESS")).unwrap()).unwrap();
-        assert_eq!(m["files"].as_array().unwrap().len(), 400);
+        assert_eq!(m["files"].as_array().unwrap().len(), 401);
         assert!(!date_dir.join(".spill").exists());
         manifests.push(m["files"].clone());
     }

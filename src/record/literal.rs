@@ -952,9 +952,11 @@ pub fn parse_flat_dict<'a>(
             return None;
         }
         p.pos += 1;
-        let b = p.peek_token().ok()?;
+        let (b, at) = (p.peek_token().ok()?, p.pos);
         let value = match p.flat_string(b, valid, &mut scratch.text) {
             Some(s) => FlatValue::Str(s),
+            // A string that started and failed: `parse_dict` reports the error.
+            None if p.pos != at => return None,
             None if matches!(b, b'{' | b'[' | b'(' | b'\'' | b'"') => return None,
             None if matches!(b, b'b' | b'B' | b'u' | b'U')
                 && matches!(input.get(p.pos + 1), Some(b'\'' | b'"')) =>
@@ -1634,6 +1636,11 @@ mod tests {
             b"{b'a': 1}",
             b"{'a': b'x'}",
             b"{'a' 1}",
+            // A failed prefixed string is not read again from where it failed.
+            b"{'message': 'hi', 'x': u'\\xTrue}",
+            b"{'x': u'\\uNone, 'message': 'hi'}",
+            b"{'x': U'\\U00110000null}",
+            b"{'x': 'a\\x1Infinity}",
         ] {
             assert!(
                 !flat_agrees(line).unwrap(),
@@ -1680,9 +1687,11 @@ mod tests {
         #[test]
         fn flat_path_agrees_on_grammar_soup(bytes in soup()) {
             flat_agrees(&bytes)?;
-            let mut dict = b"{'k': ".to_vec();
-            dict.extend_from_slice(&bytes);
-            flat_agrees(&dict)?;
+            for prefix in [&b"{'k': "[..], b"{'k': u'\\", b"{'k': U\"\\", b"{'k': '\\"] {
+                let mut dict = prefix.to_vec();
+                dict.extend_from_slice(&bytes);
+                flat_agrees(&dict)?;
+            }
         }
 
         #[test]

@@ -626,13 +626,12 @@ impl Sink {
                 self.stage_row(stats, &RowMeta { sender, ..*meta })?;
             }
         }
-        match parsed.batch {
-            Some(batch) => self
-                .writer
-                .write(&batch)
-                .map_err(|e| arrow_err("cannot write", &self.staged_path, e)),
-            None => Ok(()),
+        for batch in &parsed.batches {
+            self.writer
+                .write(batch)
+                .map_err(|e| arrow_err("cannot write", &self.staged_path, e))?;
         }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -1136,6 +1135,7 @@ fn lines_mode<R: BufRead>(
     // The parsers' own copies: this thread keeps `sink` to itself.
     let normalizer = sink.normalizer.clone();
     let limits = sink.limits;
+    let budget_bytes = sink.budget_bytes;
     let (normalizer, limits) = (&normalizer, &limits);
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<ParseJob>(in_flight);
     let job_rx = std::sync::Mutex::new(job_rx);
@@ -1151,6 +1151,7 @@ fn lines_mode<R: BufRead>(
                     scratch: FlatScratch::default(),
                     builder: BatchBuilder::new(),
                     sender_ids: HashMap::default(),
+                    budget_bytes,
                 };
                 loop {
                     let job = job_rx.lock().map(|rx| rx.recv());
@@ -1258,8 +1259,8 @@ enum LineOut {
 /// A chunk's lines parsed: what each line is, and the records as one Arrow batch.
 struct Parsed {
     outs: Vec<LineOut>,
-    /// The records, in line order.
-    batch: Option<RecordBatch>,
+    /// The records, in line order (batches of at most BATCH_ROWS rows and about `budget_bytes`).
+    batches: Vec<RecordBatch>,
     /// One per record, in line order; `sender` indexes `senders`.
     rows: Vec<RowMeta>,
     /// The chunk's distinct senders.
@@ -1273,6 +1274,7 @@ struct LineParser<'n> {
     scratch: FlatScratch,
     builder: BatchBuilder,
     sender_ids: HashMap<String, u32, foldhash::fast::RandomState>,
+    budget_bytes: usize,
 }
 
 impl LineParser<'_> {
@@ -1282,8 +1284,12 @@ impl LineParser<'_> {
         let mut senders: Vec<Option<String>> = Vec::new();
         let mut null_sender = None;
         let mut rows = Vec::new();
+        let mut batches = Vec::new();
         let mut outs = Vec::with_capacity(chunk.lines.len());
         for (i, l) in chunk.lines.iter().enumerate() {
+            if self.builder.len() >= BATCH_ROWS || self.builder.bytes() >= self.budget_bytes {
+                batches.push(self.builder.finish());
+            }
             if let Some(total) = l.too_long {
                 outs.push(LineOut::TooLong(total));
                 continue;
@@ -1317,10 +1323,12 @@ impl LineParser<'_> {
                 on_record,
             ));
         }
-        let batch = (!self.builder.is_empty()).then(|| self.builder.finish());
+        if !self.builder.is_empty() {
+            batches.push(self.builder.finish());
+        }
         Parsed {
             outs,
-            batch,
+            batches,
             rows,
             senders,
         }

@@ -357,6 +357,10 @@ fn make_runs(
         ))
     };
     let reader = FileReader::try_new(BufReader::new(file), None).map_err(unreadable)?;
+    // Set by a sorter that failed, so that reading stops before that sorter's turn comes round.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let failed = &failed;
+    let stopped = || Error::Internal("a run sorter stopped".into());
     std::thread::scope(|scope| {
         let (mut queues, mut handles) = (Vec::new(), Vec::new());
         for _ in 0..sorters.max(1) {
@@ -366,15 +370,24 @@ fn make_runs(
             handles.push(scope.spawn(move || -> Result<(Vec<(usize, Run)>, Names)> {
                 let (mut runs, mut names) = (Vec::new(), Names::default());
                 for (n, batches, last) in rx {
-                    if n == 0 && last {
+                    let run = if n == 0 && last {
                         let mut sorted = Vec::new();
                         sort_run(batches, &mut names, |b| {
                             sorted.push(b);
                             Ok(())
-                        })?;
-                        runs.push((n, Run::Memory(sorted)));
-                    } else if !batches.is_empty() {
-                        runs.push((n, spill_run(batches, &mut names, spill_dir, n)?));
+                        })
+                        .map(|()| Run::Memory(sorted))
+                    } else if batches.is_empty() {
+                        continue;
+                    } else {
+                        spill_run(batches, &mut names, spill_dir, n)
+                    };
+                    match run {
+                        Ok(run) => runs.push((n, run)),
+                        Err(e) => {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
                     }
                 }
                 Ok((runs, names))
@@ -383,11 +396,14 @@ fn make_runs(
         let send = |n: usize, batches: Vec<RecordBatch>, last: bool| {
             queues[n % queues.len()]
                 .send((n, batches, last))
-                .map_err(|_| Error::Internal("a run sorter stopped".into()))
+                .map_err(|_| stopped())
         };
         let read = (|| -> Result<()> {
             let (mut cur, mut cur_bytes, mut first_row, mut n) = (Vec::new(), 0usize, 0u64, 0);
             for batch in reader {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(stopped());
+                }
                 let batch = batch.map_err(unreadable)?;
                 let rows = batch.num_rows() as u64;
                 let batch = match dropped {
