@@ -431,13 +431,11 @@ impl<'a, 'd> Parser<'a, 'd> {
 
     /// Parses a string literal if one starts here (`b` is the byte at `self.pos`).
     fn try_string(&mut self, b: u8) -> Option<Result<String, Fail>> {
-        let next_is_quote = matches!(self.input.get(self.pos + 1), Some(b'\'' | b'"'));
-        match b {
-            b'\'' | b'"' => {}
-            b'u' | b'U' | b'b' | b'B' if next_is_quote => self.pos += 1,
-            _ => return None,
+        let bytes = self.string_at(b)?;
+        if b != b'\'' && b != b'"' {
+            self.pos += 1; // the prefix
         }
-        if !matches!(b, b'b' | b'B') {
+        if !bytes {
             let mut sink = StrSink(String::new());
             return Some(self.scan_string(&mut sink).map(|()| sink.0));
         }
@@ -447,6 +445,18 @@ impl<'a, 'd> Parser<'a, 'd> {
             push_clean(&mut s, &sink.0, self.drops);
             s
         }))
+    }
+
+    /// Whether a string literal starts here (`b` is the byte at `self.pos`): `Some(true)` for a
+    /// bytes literal `b'...'`, `Some(false)` for `'...'`, `"..."` or `u'...'`.
+    fn string_at(&self, b: u8) -> Option<bool> {
+        let next_is_quote = matches!(self.input.get(self.pos + 1), Some(b'\'' | b'"'));
+        match b {
+            b'\'' | b'"' => Some(false),
+            b'u' | b'U' if next_is_quote => Some(false),
+            b'b' | b'B' if next_is_quote => Some(true),
+            _ => None,
+        }
     }
 
     /// The whole grammar, iteratively: containers live on `stack`, never on the call stack.
@@ -935,34 +945,25 @@ pub fn parse_flat_dict<'a>(
         return None;
     }
     let valid = simdutf8::basic::from_utf8(input).ok();
-    let done = |end: usize, local: &Drops, drops: &mut Drops, scratch: &'a FlatScratch| {
-        drops.add(local);
-        let input = valid.unwrap_or_default();
-        Some((end, FlatDict { input, scratch }))
-    };
     p.pos += 1;
-    if p.peek_token().ok()? == b'}' {
-        let end = p.pos + 1;
-        return done(end, &local, drops, scratch);
-    }
-    loop {
+    let mut closed = p.peek_token().ok()? == b'}';
+    while !closed {
         let b = p.peek_token().ok()?;
+        if p.string_at(b) != Some(false) {
+            return None;
+        }
         let key = p.flat_string(b, valid, &mut scratch.text)?;
         if p.peek_token().ok()? != b':' {
             return None;
         }
         p.pos += 1;
-        let (b, at) = (p.peek_token().ok()?, p.pos);
-        let value = match p.flat_string(b, valid, &mut scratch.text) {
-            Some(s) => FlatValue::Str(s),
-            // A string that started and failed: `parse_dict` reports the error.
-            None if p.pos != at => return None,
-            None if matches!(b, b'{' | b'[' | b'(' | b'\'' | b'"') => return None,
-            None if matches!(b, b'b' | b'B' | b'u' | b'U')
-                && matches!(input.get(p.pos + 1), Some(b'\'' | b'"')) =>
-            {
-                return None;
-            }
+        let b = p.peek_token().ok()?;
+        let value = match p.string_at(b) {
+            // A string that fails: `parse_dict` reports the error.
+            Some(false) => FlatValue::Str(p.flat_string(b, valid, &mut scratch.text)?),
+            // Bytes literals and containers: the general parser.
+            Some(true) => return None,
+            None if matches!(b, b'{' | b'[' | b'(') => return None,
             None => FlatValue::Other(p.parse_scalar(b).ok()?),
         };
         // Python's rule for a repeated key: the last value, at the first key's place.
@@ -978,15 +979,16 @@ pub fn parse_flat_dict<'a>(
         if c == b',' {
             p.pos += 1;
             c = p.peek_token().ok()?;
-            if c != b'}' {
-                continue;
-            }
         } else if c != b'}' {
             return None;
         }
-        let end = p.pos + 1;
-        return done(end, &local, drops, scratch);
+        closed = c == b'}';
     }
+    // At the closing brace.
+    let end = p.pos + 1;
+    drops.add(&local);
+    let input = valid.unwrap_or_default();
+    Some((end, FlatDict { input, scratch }))
 }
 
 fn piece_bytes<'a>(input: &'a [u8], text: &'a str, p: Piece) -> &'a [u8] {
@@ -998,14 +1000,11 @@ fn piece_bytes<'a>(input: &'a [u8], text: &'a str, p: Piece) -> &'a [u8] {
 }
 
 impl Parser<'_, '_> {
-    /// A `'...'`/`"..."`/`u'...'` string into a piece; `None` when none starts at `b` (or it is a
-    /// bytes literal, or it fails).
+    /// The `'...'`/`"..."`/`u'...'` string starting here (`string_at(b) == Some(false)`) into a
+    /// piece; `None` when it fails.
     fn flat_string(&mut self, b: u8, valid: Option<&str>, text: &mut String) -> Option<Piece> {
-        let next_is_quote = matches!(self.input.get(self.pos + 1), Some(b'\'' | b'"'));
-        match b {
-            b'\'' | b'"' => {}
-            b'u' | b'U' if next_is_quote => self.pos += 1,
-            _ => return None,
+        if b != b'\'' && b != b'"' {
+            self.pos += 1; // the prefix
         }
         let mut sink = PieceSink {
             valid,

@@ -413,9 +413,9 @@ fn kafka_message(
         }
         other => other,
     };
-    let is_record = matches!(out, LineOut::Record(_));
     account(sink, stats, offset, payload, out)?;
-    match record.filter(|_| is_record) {
+    // Set exactly when the message held a record.
+    match record {
         Some(mut record) => {
             record.kafka_offset = Some(m.offset);
             sink.stage(stats, record)
@@ -1353,39 +1353,31 @@ fn classify_line(
         return LineOut::Noise;
     };
     let mut drops = Drops::default();
-    let origin = |end: usize| {
-        if !line[end..].trim_ascii().is_empty() {
-            return Err(LineOut::Reject(
-                "trailing_garbage",
-                format!("unexpected text after the record at byte {end}"),
-            ));
-        }
-        Ok(Origin {
-            file_room: &f.room,
-            source_file: &f.rel,
-            line: line_no,
-            prefix_offset: prefix_offset(&line[..start]),
-        })
-    };
     let owned;
-    let entries = match literal::parse_flat_dict(line, start, limits, &mut drops, scratch) {
-        Some((end, dict)) => match origin(end) {
-            Ok(o) => (dict.entries(), o),
-            Err(out) => return out,
-        },
-        None => match literal::parse_dict(line, start, limits, &mut drops) {
-            Ok((entries, end)) => match origin(end) {
-                Ok(o) => {
+    let (entries, end): (Vec<(&str, ValueRef<'_>)>, usize) =
+        match literal::parse_flat_dict(line, start, limits, &mut drops, scratch) {
+            Some((end, dict)) => (dict.entries(), end),
+            None => match literal::parse_dict(line, start, limits, &mut drops) {
+                Ok((entries, end)) => {
                     owned = entries;
                     let refs = owned.iter().map(|(k, v)| (k.as_str(), ValueRef::of(v)));
-                    (refs.collect(), o)
+                    (refs.collect(), end)
                 }
-                Err(out) => return out,
+                Err(e) => return LineOut::Reject(e.kind.code(), e.to_string()),
             },
-            Err(e) => return LineOut::Reject(e.kind.code(), e.to_string()),
-        },
+        };
+    if !line[end..].trim_ascii().is_empty() {
+        return LineOut::Reject(
+            "trailing_garbage",
+            format!("unexpected text after the record at byte {end}"),
+        );
+    }
+    let origin = Origin {
+        file_room: &f.room,
+        source_file: &f.rel,
+        line: line_no,
+        prefix_offset: prefix_offset(&line[..start]),
     };
-    let (entries, origin): (Vec<(&str, ValueRef<'_>)>, Origin<'_>) = entries;
     match normalizer.normalize_ref(&entries, &origin) {
         Ok(r) => {
             on_record(r);
