@@ -12,6 +12,7 @@ pub mod clean_output;
 pub mod dedupe;
 pub mod extract;
 pub mod notify;
+pub mod reorder;
 pub mod report;
 pub mod write;
 

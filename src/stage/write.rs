@@ -47,8 +47,10 @@ use crate::stage::extract::{self, ExtractSummary, STAGED_RECORDS};
 pub const SUCCESS_FILE: &str = "_SUCCESS";
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
-/// Rows per batch produced by the merge.
+/// Rows per batch produced by the merge, and most rows per batch of a sorted run.
 const MERGE_BATCH_ROWS: usize = 8 * 1024;
+/// Fewest rows per batch of a spilled run, however many runs there are.
+const MIN_MERGE_BATCH_ROWS: usize = 64;
 
 /// One Parquet file in the manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -216,10 +218,24 @@ fn build(
         }
         None => None,
     };
-    // A run per sorter thread and one being read: half the budget, the merge has the rest.
+    // Half the budget for the runs: the one being read, and one per sorter thread held twice
+    // while it is put in order; the merge has the rest.
     let sorters = crate::stage::threads_within(budget, 4 << 20).min(4);
-    let run_bytes = budget / (2 * (sorters + 1));
-    let (runs, names) = make_runs(&staged, dropped.as_deref(), run_bytes, sorters, &spill_dir)?;
+    let run_bytes = budget / (2 * (2 * sorters + 1));
+    let staged_bytes = fs::metadata(&staged)
+        .map_err(|e| Error::io("cannot read", &staged, e))?
+        .len();
+    let chunk_rows = merge_chunk_rows(staged_bytes, summary.totals.records, run_bytes, budget);
+    let (runs, names) = make_runs(
+        &staged,
+        dropped.as_deref(),
+        RunSizes {
+            run_bytes,
+            chunk_rows,
+        },
+        sorters,
+        &spill_dir,
+    )?;
     let ranks = Ranks::new(names);
     let progress = crate::progress::rows(summary.totals.staged, "write");
     let mut files = merge_and_write(runs, &ranks, tmp, budget, &progress)?;
@@ -257,6 +273,23 @@ fn build(
     extract::write_synced(&tmp.join(SUCCESS_FILE), &text)?;
     fsync_path(tmp).map_err(|e| Error::io("cannot sync", tmp, e))?;
     Ok(manifest)
+}
+
+/// Rows per batch of a spilled run. The merge holds one batch of every run: when a big day in a
+/// small budget makes many runs, their batches get shorter, so that together they stay within
+/// a quarter of the budget (down to MIN_MERGE_BATCH_ROWS rows).
+fn merge_chunk_rows(staged_bytes: u64, staged_rows: u64, run_bytes: usize, budget: usize) -> usize {
+    let runs = staged_bytes.div_ceil(run_bytes.max(1) as u64).max(1);
+    let row_bytes = (staged_bytes / staged_rows.max(1)).max(1);
+    let rows = (budget as u64 / 4) / runs.saturating_mul(row_bytes);
+    (rows.min(MERGE_BATCH_ROWS as u64) as usize).max(MIN_MERGE_BATCH_ROWS)
+}
+
+/// How `make_runs` cuts: bytes of staged rows per run, rows per batch of a spilled run.
+#[derive(Clone, Copy)]
+struct RunSizes {
+    run_bytes: usize,
+    chunk_rows: usize,
 }
 
 /// A sorted run: in memory or spilled to an IPC file.
@@ -345,10 +378,14 @@ impl Ranks {
 fn make_runs(
     staged: &Path,
     dropped: Option<&[u64]>,
-    run_bytes: usize,
+    sizes: RunSizes,
     sorters: usize,
     spill_dir: &Path,
 ) -> Result<(Vec<Run>, Names)> {
+    let RunSizes {
+        run_bytes,
+        chunk_rows,
+    } = sizes;
     let file = File::open(staged).map_err(|e| Error::io("cannot read", staged, e))?;
     let unreadable = |e: arrow_schema::ArrowError| {
         Error::Data(format!(
@@ -372,7 +409,7 @@ fn make_runs(
                 for (n, batches, last) in rx {
                     let run = if n == 0 && last {
                         let mut sorted = Vec::new();
-                        sort_run(batches, &mut names, |b| {
+                        sort_run(batches, &mut names, MERGE_BATCH_ROWS, |b| {
                             sorted.push(b);
                             Ok(())
                         })
@@ -380,7 +417,7 @@ fn make_runs(
                     } else if batches.is_empty() {
                         continue;
                     } else {
-                        spill_run(batches, &mut names, spill_dir, n)
+                        spill_run(batches, &mut names, spill_dir, n, chunk_rows)
                     };
                     match run {
                         Ok(run) => runs.push((n, run)),
@@ -474,7 +511,13 @@ fn batch_bytes(batch: &RecordBatch) -> usize {
 }
 
 /// Sorts a run and writes it to an IPC file as it is sorted.
-fn spill_run(batches: Vec<RecordBatch>, names: &mut Names, dir: &Path, n: usize) -> Result<Run> {
+fn spill_run(
+    batches: Vec<RecordBatch>,
+    names: &mut Names,
+    dir: &Path,
+    n: usize,
+    chunk_rows: usize,
+) -> Result<Run> {
     fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
     let path = dir.join(format!("run-{n:05}.arrow"));
     let io_err = |e: arrow_schema::ArrowError| {
@@ -482,7 +525,7 @@ fn spill_run(batches: Vec<RecordBatch>, names: &mut Names, dir: &Path, n: usize)
     };
     let f = File::create(&path).map_err(|e| Error::io("cannot create", &path, e))?;
     let mut w = FileWriter::try_new(BufWriter::new(f), &staged_schema()).map_err(io_err)?;
-    sort_run(batches, names, |b| w.write(&b).map_err(io_err))?;
+    sort_run(batches, names, chunk_rows, |b| w.write(&b).map_err(io_err))?;
     w.finish().map_err(io_err)?;
     Ok(Run::Spilled(path))
 }
@@ -551,8 +594,11 @@ fn string_ranks(cols: &[&dyn Array], names_out: &mut BTreeSet<String>) -> Vec<Ve
 
 /// The row order of a run's batches by (sender, ts, source_file, source_line), nulls first,
 /// ties in row order: the order of [`cmp_rows`], computed on integer keys. Rows are given as
-/// (batch, row) pairs.
-fn sorted_order(batches: &[RecordBatch], names: &mut Names) -> Vec<(usize, usize)> {
+/// (batch, row) pairs. Also gives the rank of every row's sender (one vector per batch).
+fn sorted_order(
+    batches: &[RecordBatch],
+    names: &mut Names,
+) -> (Vec<(usize, usize)>, Vec<Vec<u32>>) {
     let column =
         |c: usize| -> Vec<&dyn Array> { batches.iter().map(|b| b.column(c).as_ref()).collect() };
     let senders = string_ranks(&column(C_SENDER), &mut names.senders);
@@ -574,34 +620,31 @@ fn sorted_order(batches: &[RecordBatch], names: &mut Names) -> Vec<(usize, usize
         }));
     }
     keys.sort_unstable();
-    keys.into_iter()
+    let order = keys
+        .into_iter()
         .map(|k| (k.4 as usize, k.5 as usize))
-        .collect()
+        .collect();
+    (order, senders)
 }
 
-/// Sorts the rows of a run and hands them on in order, as batches of at most
-/// MERGE_BATCH_ROWS rows.
+/// Sorts the rows of a run and hands them on in order, as batches of at most `chunk_rows` rows.
+/// The run's batches are dropped once their rows are copied into order.
 fn sort_run(
     batches: Vec<RecordBatch>,
     names: &mut Names,
+    chunk_rows: usize,
     mut out: impl FnMut(RecordBatch) -> Result<()>,
 ) -> Result<()> {
-    let schema = staged_schema();
-    let order = sorted_order(&batches, names);
-    let columns: Vec<Vec<&dyn Array>> = (0..schema.fields().len())
-        .map(|c| batches.iter().map(|b| b.column(c).as_ref()).collect())
-        .collect();
-    // Small batches: the merge holds one batch per run in memory.
-    for chunk in order.chunks(MERGE_BATCH_ROWS) {
-        let cols = columns
-            .iter()
-            .map(|arrays| arrow_select::interleave::interleave(arrays, chunk))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Internal(format!("interleave: {e}")))?;
-        out(RecordBatch::try_new(schema.clone(), cols)
-            .map_err(|e| Error::Internal(e.to_string()))?)?;
-    }
-    Ok(())
+    let (order, senders) = sorted_order(&batches, names);
+    let sorted = crate::stage::reorder::reorder(
+        &staged_schema(),
+        &batches,
+        &order,
+        Some(&senders),
+        chunk_rows,
+    )?;
+    drop((batches, order, senders));
+    sorted.into_iter().try_for_each(&mut out)
 }
 
 /// A cursor over one sorted run, with the merge keys of its current batch.
@@ -837,7 +880,8 @@ fn merge(
     // Pending output rows as (source batch slot, row); slots index into `sources`.
     let mut sources: Vec<RecordBatch> = Vec::new();
     let mut picks: Vec<(usize, usize)> = Vec::new();
-    while let Some(top) = heap.pop() {
+    let mut next = heap.pop();
+    while let Some(top) = next {
         let c = &mut cursors[top.cursor];
         if current != Some(top.key.0) {
             if current.is_some() {
@@ -871,12 +915,20 @@ fn merge(
                 std::mem::take(&mut picks),
             ))?;
         }
-        if c.advance(ranks)? {
-            heap.push(HeapItem {
+        // The cursor's next row: taken next if it still comes first (a sender's rows mostly come
+        // in long stretches of one run), else it trades places with the heap's first.
+        next = if c.advance(ranks)? {
+            let item = HeapItem {
                 key: c.key(),
                 cursor: top.cursor,
-            });
-        }
+            };
+            match heap.peek_mut() {
+                Some(mut first) if *first > item => Some(std::mem::replace(&mut *first, item)),
+                _ => Some(item),
+            }
+        } else {
+            heap.pop()
+        };
     }
     if current.is_some() {
         progress.inc(picks.len() as u64);
@@ -1106,7 +1158,7 @@ mod tests {
                 .flat_map(|(bi, b)| (0..b.num_rows()).map(move |i| (bi, i)))
                 .collect();
             expected.sort_by(|&(xb, x), &(yb, y)| cmp_rows(&batches[xb], x, &batches[yb], y));
-            prop_assert_eq!(sorted_order(&batches, &mut Names::default()), expected);
+            prop_assert_eq!(sorted_order(&batches, &mut Names::default()).0, expected);
         }
 
         /// The merge's keys of rows in two runs compare as `cmp_rows` does.
@@ -1133,6 +1185,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn spilled_batches_shrink_so_the_merge_fits_a_quarter_of_the_budget() {
+        let (gb, mib) = (1u64 << 30, 1usize << 20);
+        // 1 GiB staged, 150 bytes a row.
+        let rows = gb / 150;
+        // 512 MiB: runs of 51 MiB, 21 runs; full batches fit.
+        assert_eq!(
+            merge_chunk_rows(gb, rows, 512 * mib / 10, 512 * mib),
+            MERGE_BATCH_ROWS
+        );
+        // 64 MiB: 161 runs; a quarter of the budget over them.
+        let chunk = merge_chunk_rows(gb, rows, 64 * mib / 10, 64 * mib);
+        assert!(chunk < MERGE_BATCH_ROWS && chunk > MIN_MERGE_BATCH_ROWS);
+        assert!(161 * chunk as u64 * 150 <= 16 * mib as u64);
+        // A tiny budget bottoms out; an empty staging file still gives a size.
+        assert_eq!(
+            merge_chunk_rows(gb, rows, mib / 10, mib),
+            MIN_MERGE_BATCH_ROWS
+        );
+        assert_eq!(merge_chunk_rows(0, 0, 0, 0), MIN_MERGE_BATCH_ROWS);
     }
 
     #[test]
