@@ -13,7 +13,8 @@
 //! group knows the place of the group's next row, and the lookup is left for the rows that
 //! break the order, with their places fetched a few rows ahead.
 //!
-//! The result is the rows `interleave` would give, cut into batches of `chunk_rows`.
+//! The result is equal to what `interleave` gives (the same values and nulls; the bytes under a
+//! null string and an all-valid null buffer are left out), cut into batches of `chunk_rows`.
 
 use std::sync::Arc;
 
@@ -43,10 +44,23 @@ pub fn reorder(
             "reorder: {n} positions for {rows} rows"
         )));
     }
+    if let Some(b) = batches
+        .iter()
+        .find(|b| b.schema().fields() != schema.fields())
+    {
+        return Err(Error::Internal(format!(
+            "reorder: a batch with columns {:?} where {:?} were expected",
+            b.schema().fields(),
+            schema.fields()
+        )));
+    }
     let chunk_rows = chunk_rows.max(1);
     let dest = destinations(batches, order)?;
+    // Group numbers are below the row count, one per row, or not used.
     let groups = groups.filter(|g| {
-        g.len() == batches.len() && g.iter().zip(batches).all(|(g, b)| g.len() == b.num_rows())
+        g.len() == batches.len()
+            && g.iter().zip(batches).all(|(g, b)| g.len() == b.num_rows())
+            && g.iter().flatten().all(|&x| (x as usize) < n)
     });
     let mut columns: Vec<Vec<ArrayRef>> = Vec::with_capacity(schema.fields().len());
     for (ci, field) in schema.fields().iter().enumerate() {
@@ -292,18 +306,18 @@ mod tests {
                 true,
             ),
             Field::new("s", DataType::Utf8, true),
-            Field::new("n", DataType::Int64, false),
+            Field::new("n", DataType::Int64, true),
             Field::new("b", DataType::Boolean, true),
         ]))
     }
 
-    type Row = (Option<i64>, Option<String>, i64, Option<bool>);
+    type Row = (Option<i64>, Option<String>, Option<i64>, Option<bool>);
 
     fn batch(rows: &[Row]) -> RecordBatch {
         let ts: PrimitiveArray<TimestampMicrosecondType> =
             rows.iter().map(|r| r.0).collect::<PrimitiveArray<_>>();
         let s: StringArray = rows.iter().map(|r| r.1.clone()).collect();
-        let n: PrimitiveArray<Int64Type> = rows.iter().map(|r| Some(r.2)).collect();
+        let n: PrimitiveArray<Int64Type> = rows.iter().map(|r| r.2).collect();
         let b: arrow_array::BooleanArray = rows.iter().map(|r| r.3).collect();
         RecordBatch::try_new(
             schema(),
@@ -325,7 +339,7 @@ mod tests {
             rows in proptest::collection::vec((
                 proptest::option::of(-5i64..5),
                 proptest::option::of("[a-z가-힣😀]{0,6}"),
-                any::<i64>(),
+                proptest::option::of(any::<i64>()),
                 proptest::option::of(any::<bool>()),
             ), 0..120),
             cuts in proptest::collection::vec(0usize..120, 0..4),
@@ -343,9 +357,9 @@ mod tests {
                 .map(|w| {
                     if sliced {
                         // One row before and after, sliced away.
-                        let mut padded = vec![(Some(9), Some("pad".to_string()), 0, None)];
+                        let mut padded = vec![(Some(9), Some("pad".to_string()), Some(0), None)];
                         padded.extend_from_slice(&rows[w[0]..w[1]]);
-                        padded.push((None, Some("tail".to_string()), 1, Some(true)));
+                        padded.push((None, Some("tail".to_string()), None, Some(true)));
                         batch(&padded).slice(1, w[1] - w[0])
                     } else {
                         batch(&rows[w[0]..w[1]])
@@ -400,7 +414,7 @@ mod tests {
 
     #[test]
     fn an_order_that_is_not_a_permutation_is_an_error() {
-        let b = batch(&[(None, None, 1, None), (None, None, 2, None)]);
+        let b = batch(&[(None, None, Some(1), None), (None, None, Some(2), None)]);
         let b = std::slice::from_ref(&b);
         assert!(reorder(&schema(), b, &[(0, 0), (0, 0)], None, 8).is_err());
         assert!(reorder(&schema(), b, &[(0, 0)], None, 8).is_err());
@@ -409,14 +423,27 @@ mod tests {
     }
 
     #[test]
+    fn batches_of_another_schema_are_an_error() {
+        let b = batch(&[(None, None, Some(1), None)]);
+        let other = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
+        assert!(reorder(&other, std::slice::from_ref(&b), &[(0, 0)], None, 8).is_err());
+    }
+
+    #[test]
     fn groups_that_do_not_fit_the_rows_are_ignored() {
         let b = batch(&[
-            (None, Some("x".into()), 1, None),
-            (None, Some("yz".into()), 2, None),
+            (None, Some("x".into()), Some(1), None),
+            (None, Some("yz".into()), None, None),
         ]);
         let b = std::slice::from_ref(&b);
         let want = reorder(&schema(), b, &[(0, 1), (0, 0)], None, 8).unwrap();
-        for groups in [vec![vec![0]], vec![vec![0, 1], vec![1]], vec![vec![3, 3]]] {
+        let wrong = [
+            vec![vec![0]],
+            vec![vec![0, 1], vec![1]],
+            vec![vec![3, 3]],
+            vec![vec![u32::MAX, 0]],
+        ];
+        for groups in wrong {
             let got = reorder(&schema(), b, &[(0, 1), (0, 0)], Some(&groups), 8).unwrap();
             assert_eq!(got, want);
         }

@@ -218,10 +218,11 @@ fn build(
         }
         None => None,
     };
-    // Half the budget for the runs: the one being read, and one per sorter thread held twice
-    // while it is put in order; the merge has the rest.
+    // Half the budget for the runs: the one being read, and per sorter thread a run held twice
+    // while it is put in order, plus about a quarter of a run of per-row bookkeeping (order,
+    // destinations, text places). The merge, which comes after, has the same half again.
     let sorters = crate::stage::threads_within(budget, 4 << 20).min(4);
-    let run_bytes = budget / (2 * (2 * sorters + 1));
+    let run_bytes = 2 * budget / (4 + 9 * sorters);
     let staged_bytes = fs::metadata(&staged)
         .map_err(|e| Error::io("cannot read", &staged, e))?
         .len();
@@ -369,12 +370,12 @@ impl Ranks {
 }
 
 /// Reads the staged records, leaves out the rows set in `dropped` (a bitmap by staged row), and
-/// cuts them into sorted runs of at most `run_bytes` each; also gives every sender and file
-/// name met.
+/// cuts them into sorted runs of at most `run_bytes` each (or one staged batch, if larger); also
+/// gives every sender and file name met.
 ///
 /// This thread reads and cuts the runs and hands them in turn to `sorters` threads, which sort
-/// and spill them: at most `sorters + 1` runs are in memory (plus a sorted batch on its way to
-/// disk each). A date that fits in one run stays in memory.
+/// and spill them: in memory are the run being read and, per sorter, a run with its sorted copy
+/// and the sort's bookkeeping. A date that fits in one run stays in memory.
 fn make_runs(
     staged: &Path,
     dropped: Option<&[u64]>,
@@ -394,6 +395,12 @@ fn make_runs(
         ))
     };
     let reader = FileReader::try_new(BufReader::new(file), None).map_err(unreadable)?;
+    if reader.schema().fields() != staged_schema().fields() {
+        return Err(Error::Data(format!(
+            "{}: unreadable staged records: not the staged schema of this version",
+            staged.display()
+        )));
+    }
     // Set by a sorter that failed, so that reading stops before that sorter's turn comes round.
     let failed = std::sync::atomic::AtomicBool::new(false);
     let failed = &failed;
@@ -448,12 +455,14 @@ fn make_runs(
                     None => batch,
                 };
                 first_row += rows;
-                cur_bytes += batch_bytes(&batch);
-                cur.push(batch);
-                if cur_bytes >= run_bytes {
+                // A run ends before the batch that would take it over `run_bytes`.
+                let bytes = batch_bytes(&batch);
+                if !cur.is_empty() && cur_bytes + bytes > run_bytes {
                     send(n, std::mem::take(&mut cur), false)?;
                     (cur_bytes, n) = (0, n + 1);
                 }
+                cur_bytes += bytes;
+                cur.push(batch);
             }
             send(n, cur, true)
         })();
@@ -510,7 +519,7 @@ fn batch_bytes(batch: &RecordBatch) -> usize {
         .sum()
 }
 
-/// Sorts a run and writes it to an IPC file as it is sorted.
+/// Sorts a run, then writes it to an IPC file.
 fn spill_run(
     batches: Vec<RecordBatch>,
     names: &mut Names,
