@@ -56,12 +56,15 @@ pub fn reorder(
     }
     let chunk_rows = chunk_rows.max(1);
     let dest = destinations(batches, order)?;
-    // Group numbers are below the row count, one per row, or not used.
-    let groups = groups.filter(|g| {
-        g.len() == batches.len()
-            && g.iter().zip(batches).all(|(g, b)| g.len() == b.num_rows())
-            && g.iter().flatten().all(|&x| (x as usize) < n)
-    });
+    // Group numbers, one per row and below the row count, with how many there are; or none.
+    let groups = groups
+        .filter(|g| {
+            g.len() == batches.len() && g.iter().zip(batches).all(|(g, b)| g.len() == b.num_rows())
+        })
+        .and_then(|g| {
+            let count = g.iter().flatten().max().map_or(0, |&m| m as usize + 1);
+            (count <= n).then_some((g, count))
+        });
     let mut columns: Vec<Vec<ArrayRef>> = Vec::with_capacity(schema.fields().len());
     for (ci, field) in schema.fields().iter().enumerate() {
         let cols: Vec<&dyn Array> = batches.iter().map(|b| b.column(ci).as_ref()).collect();
@@ -199,7 +202,7 @@ fn scatter_primitive<T: ArrowPrimitiveType>(
 fn scatter_strings(
     cols: &[&StringArray],
     dest: &[Vec<u32>],
-    groups: Option<&[Vec<u32>]>,
+    groups: Option<(&[Vec<u32>], usize)>,
     chunk_rows: usize,
 ) -> Result<Vec<ArrayRef>> {
     let n: usize = dest.iter().map(Vec::len).sum();
@@ -228,16 +231,14 @@ fn scatter_strings(
         starts[p + 1] += starts[p];
     }
     let mut bytes = vec![0u8; starts[n]];
-    let count = groups.map_or(0, |g| {
-        g.iter().flatten().max().map_or(0, |&m| m as usize + 1)
-    });
+    let count = groups.map_or(0, |(_, count)| count);
     // Per group: the position its next row takes if the group keeps its order, and where that
     // row's bytes go.
     let mut next_pos = vec![usize::MAX; count];
     let mut next_byte = vec![0usize; count];
     for (bi, (c, d)) in cols.iter().zip(dest).enumerate() {
         let data = c.value_data();
-        let group = groups.map(|g| g[bi].as_slice());
+        let group = groups.map(|(g, _)| g[bi].as_slice());
         for (i, &pos) in d.iter().enumerate() {
             // The place of a row a little ahead, in case its group's cursor does not know it.
             if let Some(&ahead) = d.get(i + PREFETCH_AHEAD) {
