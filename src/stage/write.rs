@@ -3,9 +3,10 @@
 //! Rows are ordered by (sender, ts, source_file, source_line) with an external merge sort: the
 //! staged records are cut into runs that fit the memory budget, each run is sorted, runs that do
 //! not all fit are spilled to Arrow IPC files, and a k-way merge streams the rows out sender by
-//! sender into `sender_id=<escaped>/part-00000.parquet`, each sender's file built, compressed
-//! and hashed on an encoder thread (one per core) while the merge goes on. Memory stays bounded by
-//! the budget whatever the number of senders or rows.
+//! sender into `sender_id=<escaped>/part-00000.parquet`. While the merge goes on, encoder threads
+//! (one per core) compress row groups, whichever sender they belong to, and a writer thread
+//! appends them to their files in order. Memory stays bounded by the budget whatever the number
+//! of senders or rows.
 //!
 //! The whole date is built in a temporary directory under the output root; every file is
 //! fsynced, `_SUCCESS` is written last, and one atomic exchange puts the directory at
@@ -27,8 +28,10 @@ use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -741,110 +744,269 @@ impl Ord for HeapItem {
     }
 }
 
-/// What the merge hands an encoder thread, in order: open a sender's file, rows for it, close it.
-enum Job {
+/// A stretch of at most `MERGE_BATCH_ROWS` output rows of one sender, as the merge hands it out:
+/// `(source batch, row)` picks into `sources`, in output order.
+struct Piece {
+    sources: Vec<RecordBatch>,
+    picks: Vec<(usize, usize)>,
+}
+
+/// A row group for an encoder thread: its pieces in order, and where its encoded columns go.
+struct RowGroupJob {
+    /// The row group's number in its file.
+    index: usize,
+    pieces: Vec<Piece>,
+    done: std::sync::mpsc::SyncSender<Result<EncodedRowGroup>>,
+}
+
+/// A row group's column chunks, compressed, ready to be appended to its file.
+struct EncodedRowGroup {
+    chunks: Vec<ArrowColumnChunk>,
+    rows: u64,
+}
+
+/// What the file writer thread does, in output order: open a sender's file, append its next row
+/// group once encoded, close it.
+enum FileJob {
     Open(Option<String>),
-    /// Rows to write: `(source batch, row)` picks into the sources, in output order.
-    Rows(Vec<RecordBatch>, Vec<(usize, usize)>),
+    RowGroup(std::sync::mpsc::Receiver<Result<EncodedRowGroup>>),
     Close,
 }
 
-/// Jobs queued per encoder before the merge waits: bounds the rows held in flight.
-const JOBS_QUEUED: usize = 4;
-
-/// Encoder threads that build, compress and write the sender files while the merge goes on:
-/// each sender goes whole to one encoder, in turn, so each file is written by one thread in row
-/// order and its bytes do not depend on the number of threads.
-struct Encoders<'scope> {
-    queues: Vec<std::sync::mpsc::SyncSender<Job>>,
-    handles: Vec<std::thread::ScopedJoinHandle<'scope, Result<Vec<OutputFile>>>>,
-    next: usize,
-    current: Option<usize>,
+/// The threads that turn the merge's rows into files while the merge goes on.
+///
+/// The unit of work is a row group, not a file: encoder threads (one per core, as the budget
+/// allows) take row groups from one queue in output order, so the rows of one busy sender (a
+/// fifth of a day's rows, in the benchmark) keep every core busy instead of one. A writer thread
+/// appends each file's row groups in order as they come out encoded and hashes the bytes; a sync
+/// thread fsyncs each finished file and its directory, off the writer's way. A file's bytes
+/// depend only on its rows (row groups of `ROW_GROUP_ROWS`, encoded as `ArrowWriter` encodes
+/// them), never on the number of threads or their timing.
+struct Encoding<'scope> {
+    jobs: std::sync::mpsc::SyncSender<RowGroupJob>,
+    files: std::sync::mpsc::SyncSender<FileJob>,
+    encoders: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
+    writer: std::thread::ScopedJoinHandle<'scope, Result<Vec<OutputFile>>>,
+    syncer: std::thread::ScopedJoinHandle<'scope, Result<()>>,
+    /// The current row group's pieces and rows so far, and its number in the current file.
+    pending: Vec<Piece>,
+    pending_rows: usize,
+    row_group: usize,
 }
 
-impl<'scope> Encoders<'scope> {
+impl<'scope> Encoding<'scope> {
     fn start<'env>(
         scope: &'scope std::thread::Scope<'scope, 'env>,
         dir: &'env Path,
-        n: usize,
-    ) -> Encoders<'scope> {
-        let (mut queues, mut handles) = (Vec::new(), Vec::new());
-        for _ in 0..n {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(JOBS_QUEUED);
-            queues.push(tx);
-            handles.push(scope.spawn(move || {
-                let mut files = Vec::new();
-                let mut writer: Option<SenderWriter> = None;
-                for job in rx {
-                    match job {
-                        Job::Open(sender) => writer = Some(SenderWriter::create(dir, sender)?),
-                        Job::Rows(sources, picks) => writer
-                            .as_mut()
-                            .expect("rows follow an open")
-                            .write_picks(&sources, &picks)?,
-                        Job::Close => {
-                            files.push(writer.take().expect("close follows an open").close()?)
-                        }
+        factory: &'env ArrowRowGroupWriterFactory,
+        encoders: usize,
+    ) -> Encoding<'scope> {
+        // Row groups in flight (queued, being encoded, or encoded and waiting for their turn in
+        // the file) are bounded by the writer's queue: two per encoder.
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<RowGroupJob>(encoders);
+        let (files, file_rx) = std::sync::mpsc::sync_channel::<FileJob>(2 * encoders);
+        // Finished files waiting for their fsync (each holds only a descriptor).
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<(File, PathBuf)>(64);
+        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+        let encoders = (0..encoders)
+            .map(|_| {
+                let job_rx = Arc::clone(&job_rx);
+                scope.spawn(move || {
+                    loop {
+                        let job = job_rx.lock().map(|rx| rx.recv());
+                        let Ok(Ok(job)) = job else { return };
+                        let encoded = encode_row_group(factory, job.index, &job.pieces);
+                        drop(job.pieces);
+                        // Nobody waits when the writer has stopped (its error is reported).
+                        let _ = job.done.send(encoded);
                     }
-                }
-                Ok(files)
-            }));
-        }
-        Encoders {
-            queues,
-            handles,
-            next: 0,
-            current: None,
+                })
+            })
+            .collect();
+        let writer = scope.spawn(move || write_files(dir, file_rx, sync_tx));
+        let syncer = scope.spawn(move || {
+            for (file, path) in sync_rx {
+                file.sync_all()
+                    .map_err(|e| Error::io("cannot sync", &path, e))?;
+                drop(file);
+                let parent = path.parent().expect("file has a parent");
+                fsync_path(parent).map_err(|e| Error::io("cannot sync", parent, e))?;
+            }
+            Ok(())
+        });
+        Encoding {
+            jobs,
+            files,
+            encoders,
+            writer,
+            syncer,
+            pending: Vec::new(),
+            pending_rows: 0,
+            row_group: 0,
         }
     }
 
-    /// Queues a job for the current sender's encoder; an error when that encoder has stopped
-    /// (its own error comes out of [`Encoders::finish`] and is the one reported).
-    fn send(&mut self, job: Job) -> Result<()> {
-        let i = match (&job, self.current) {
-            (Job::Open(_), _) | (_, None) => {
-                let i = self.next;
-                self.next = (self.next + 1) % self.queues.len();
-                self.current = Some(i);
-                i
-            }
-            (_, Some(i)) => i,
-        };
-        self.queues[i]
+    fn to_writer(&self, job: FileJob) -> Result<()> {
+        self.files
             .send(job)
-            .map_err(|_| Error::Internal("an encoder stopped".into()))
+            .map_err(|_| Error::Internal("the file writer stopped".into()))
     }
 
-    /// Waits for every encoder; their files, or the first error.
-    fn finish(self) -> Result<Vec<OutputFile>> {
-        drop(self.queues);
-        let mut files = Vec::new();
-        let mut first_err = None;
-        for h in self.handles {
-            match h.join() {
-                Ok(Ok(f)) => files.extend(f),
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err.get_or_insert(Error::Internal("an encoder thread panicked".into()));
-                }
+    /// Starts a sender's file.
+    fn open(&mut self, sender: Option<String>) -> Result<()> {
+        self.row_group = 0;
+        self.to_writer(FileJob::Open(sender))
+    }
+
+    /// Adds the current sender's next rows, handing out each row group as it fills.
+    fn rows(&mut self, sources: Vec<RecordBatch>, mut picks: Vec<(usize, usize)>) -> Result<()> {
+        while !picks.is_empty() {
+            let room = ROW_GROUP_ROWS - self.pending_rows;
+            let rest = if picks.len() > room {
+                picks.split_off(room)
+            } else {
+                Vec::new()
+            };
+            self.pending_rows += picks.len();
+            self.pending.push(Piece {
+                sources: sources.clone(),
+                picks,
+            });
+            if self.pending_rows == ROW_GROUP_ROWS {
+                self.dispatch()?;
             }
+            picks = rest;
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(files),
+        Ok(())
+    }
+
+    /// Queues the current row group for an encoder and its place in the file for the writer.
+    fn dispatch(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        let (done, encoded) = std::sync::mpsc::sync_channel(1);
+        let job = RowGroupJob {
+            index: self.row_group,
+            pieces: std::mem::take(&mut self.pending),
+            done,
+        };
+        self.pending_rows = 0;
+        self.row_group += 1;
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::Internal("the encoders stopped".into()))?;
+        self.to_writer(FileJob::RowGroup(encoded))
+    }
+
+    /// Ends the current sender's file.
+    fn close(&mut self) -> Result<()> {
+        self.dispatch()?;
+        self.to_writer(FileJob::Close)
+    }
+
+    /// Waits for every thread; the files, or the first error (the writer's or the syncer's
+    /// explain a merge that stopped because they had stopped).
+    fn finish(self) -> Result<Vec<OutputFile>> {
+        drop(self.jobs);
+        drop(self.files);
+        let mut panicked = false;
+        for h in self.encoders {
+            panicked |= h.join().is_err();
+        }
+        let files = self
+            .writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the file writer panicked".into())));
+        let synced = self
+            .syncer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the file syncer panicked".into())));
+        if panicked {
+            return Err(Error::Internal("an encoder thread panicked".into()));
+        }
+        // The syncer's error first: the writer stops because the syncer stopped, not the reverse.
+        synced?;
+        files
     }
 }
 
-/// Encoder threads for the write: one per core as the memory budget allows (an encoder holds an
-/// unfinished row group and its queued rows, some tens of MiB).
+/// Encodes one row group: its pieces gathered and written to fresh column writers in order, as
+/// `ArrowWriter` writes the batches it is given.
+fn encode_row_group(
+    factory: &ArrowRowGroupWriterFactory,
+    index: usize,
+    pieces: &[Piece],
+) -> Result<EncodedRowGroup> {
+    let err = |e: parquet::errors::ParquetError| Error::Internal(format!("encoding rows: {e}"));
+    let schema = parquet_schema();
+    let mut writers = factory.create_column_writers(index).map_err(err)?;
+    let mut rows = 0u64;
+    for piece in pieces {
+        let batch = gather(&schema, &piece.sources, &piece.picks)?;
+        rows += batch.num_rows() as u64;
+        let mut next = writers.iter_mut();
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            for leaf in compute_leaves(field.as_ref(), column).map_err(err)? {
+                next.next()
+                    .ok_or_else(|| Error::Internal("a column writer is missing".into()))?
+                    .write(&leaf)
+                    .map_err(err)?;
+            }
+        }
+    }
+    let chunks = writers
+        .into_iter()
+        .map(|w| w.close())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(err)?;
+    Ok(EncodedRowGroup { chunks, rows })
+}
+
+/// The file writer thread: opens each sender's file, appends its row groups in order as they
+/// come out encoded, and hands each finished file to the sync thread.
+fn write_files(
+    dir: &Path,
+    jobs: std::sync::mpsc::Receiver<FileJob>,
+    synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
+) -> Result<Vec<OutputFile>> {
+    let mut files = Vec::new();
+    let mut current: Option<SenderFile> = None;
+    for job in jobs {
+        match job {
+            FileJob::Open(sender) => current = Some(SenderFile::create(dir, sender)?),
+            FileJob::RowGroup(encoded) => {
+                let encoded = encoded
+                    .recv()
+                    .map_err(|_| Error::Internal("an encoder stopped".into()))??;
+                current
+                    .as_mut()
+                    .ok_or_else(|| Error::Internal("a row group before its file".into()))?
+                    .append(encoded)?;
+            }
+            FileJob::Close => {
+                let file = current
+                    .take()
+                    .ok_or_else(|| Error::Internal("a close before its file".into()))?;
+                let (handle, path, out) = file.finish()?;
+                synced
+                    .send((handle, path))
+                    .map_err(|_| Error::Internal("the file syncer stopped".into()))?;
+                files.push(out);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Encoder threads for the write: one per core as the memory budget allows (an encoder accounts
+/// for two row groups in flight, their source rows and their encoded pages: some tens of MiB).
 fn encoder_threads(budget: usize) -> usize {
     crate::stage::threads_within(budget, 64 << 20)
 }
 
-/// Merges the runs and writes one Parquet file per sender, the files encoded on other threads.
+/// Merges the runs and writes one Parquet file per sender, the row groups encoded on other
+/// threads.
 fn merge_and_write(
     runs: Vec<Run>,
     ranks: &Ranks,
@@ -852,11 +1014,17 @@ fn merge_and_write(
     budget: usize,
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<OutputFile>> {
+    // Column writers for every file's row groups: all files share the schema and properties.
+    let (_, factory) =
+        ArrowWriter::try_new(std::io::sink(), parquet_schema(), Some(writer_properties()))
+            .and_then(|w| w.into_serialized_writer())
+            .map_err(|e| Error::Internal(format!("parquet writer: {e}")))?;
+    let factory = &factory;
     std::thread::scope(|scope| {
-        let mut enc = Encoders::start(scope, dir, encoder_threads(budget));
+        let mut enc = Encoding::start(scope, dir, factory, encoder_threads(budget));
         let merged = merge(runs, ranks, &mut enc, progress);
         let files = enc.finish();
-        // An encoder's error explains a merge that stopped because the encoder had stopped.
+        // A writer's error explains a merge that stopped because the writer had stopped.
         match (merged, files) {
             (_, Err(e)) | (Err(e), _) => Err(e),
             (Ok(()), Ok(files)) => Ok(files),
@@ -868,7 +1036,7 @@ fn merge_and_write(
 fn merge(
     runs: Vec<Run>,
     ranks: &Ranks,
-    enc: &mut Encoders<'_>,
+    enc: &mut Encoding<'_>,
     progress: &indicatif::ProgressBar,
 ) -> Result<()> {
     let mut cursors = Vec::new();
@@ -895,16 +1063,13 @@ fn merge(
         if current != Some(top.key.0) {
             if current.is_some() {
                 progress.inc(picks.len() as u64);
-                enc.send(Job::Rows(
-                    std::mem::take(&mut sources),
-                    std::mem::take(&mut picks),
-                ))?;
-                enc.send(Job::Close)?;
+                enc.rows(std::mem::take(&mut sources), std::mem::take(&mut picks))?;
+                enc.close()?;
             }
             current = Some(top.key.0);
             let senders = c.batch.column(C_SENDER).as_string::<i32>();
             let sender = (!senders.is_null(c.row)).then(|| senders.value(c.row).to_string());
-            enc.send(Job::Open(sender))?;
+            enc.open(sender)?;
         }
         let slot = match sources
             .iter()
@@ -919,10 +1084,7 @@ fn merge(
         picks.push((slot, c.row));
         if picks.len() >= MERGE_BATCH_ROWS {
             progress.inc(picks.len() as u64);
-            enc.send(Job::Rows(
-                std::mem::take(&mut sources),
-                std::mem::take(&mut picks),
-            ))?;
+            enc.rows(std::mem::take(&mut sources), std::mem::take(&mut picks))?;
         }
         // The cursor's next row: taken next if it still comes first (a sender's rows mostly come
         // in long stretches of one run), else it trades places with the heap's first.
@@ -941,8 +1103,8 @@ fn merge(
     }
     if current.is_some() {
         progress.inc(picks.len() as u64);
-        enc.send(Job::Rows(sources, picks))?;
-        enc.send(Job::Close)?;
+        enc.rows(sources, picks)?;
+        enc.close()?;
     }
     Ok(())
 }
@@ -966,15 +1128,6 @@ impl std::io::Write for HashingFile {
     }
 }
 
-/// Writes one sender's Parquet file.
-struct SenderWriter {
-    sender: Option<String>,
-    rel: String,
-    path: PathBuf,
-    writer: ArrowWriter<BufWriter<HashingFile>>,
-    rows: u64,
-}
-
 /// Writer settings: zstd, statistics, fixed `created_by` so files are reproducible.
 pub fn writer_properties() -> WriterProperties {
     let mut b = WriterProperties::builder();
@@ -993,8 +1146,17 @@ pub fn writer_properties() -> WriterProperties {
     .build()
 }
 
-impl SenderWriter {
-    fn create(dir: &Path, sender: Option<String>) -> Result<SenderWriter> {
+/// One sender's Parquet file being written, row group by row group.
+struct SenderFile {
+    sender: Option<String>,
+    rel: String,
+    path: PathBuf,
+    writer: SerializedFileWriter<BufWriter<HashingFile>>,
+    rows: u64,
+}
+
+impl SenderFile {
+    fn create(dir: &Path, sender: Option<String>) -> Result<SenderFile> {
         let rel = format!("{}/part-00000.parquet", sender_dir_name(sender.as_deref()));
         let path = dir.join(&rel);
         let parent = path.parent().expect("file has a parent");
@@ -1005,13 +1167,15 @@ impl SenderWriter {
             hasher: Sha256::new(),
             bytes: 0,
         };
-        let writer = ArrowWriter::try_new(
+        // `ArrowWriter` writes the header and, in the footer, the Arrow schema readers use.
+        let (writer, _) = ArrowWriter::try_new(
             BufWriter::with_capacity(1 << 20, hashing),
             parquet_schema(),
             Some(writer_properties()),
         )
-        .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
-        Ok(SenderWriter {
+        .and_then(|w| w.into_serialized_writer())
+        .map_err(|e| parquet_err(&path, e))?;
+        Ok(SenderFile {
             sender,
             rel,
             path,
@@ -1020,44 +1184,24 @@ impl SenderWriter {
         })
     }
 
-    fn write_picks(&mut self, sources: &[RecordBatch], picks: &[(usize, usize)]) -> Result<()> {
-        if picks.is_empty() {
-            return Ok(());
+    fn append(&mut self, rg: EncodedRowGroup) -> Result<()> {
+        let path = &self.path;
+        let mut w = self
+            .writer
+            .next_row_group()
+            .map_err(|e| parquet_err(path, e))?;
+        for chunk in rg.chunks {
+            chunk
+                .append_to_row_group(&mut w)
+                .map_err(|e| parquet_err(path, e))?;
         }
-        let schema = parquet_schema();
-        let staged = staged_schema();
-        // A sender's rows mostly come in long stretches of one run (runs are stretches of the
-        // day): copy those whole, and gather row by row only when they are short.
-        let segments = segments(picks);
-        let whole = segments.len() * 16 <= picks.len();
-        let mut cols = Vec::with_capacity(schema.fields().len());
-        for (ci, f) in staged.fields().iter().enumerate() {
-            if f.name() == "sender_id" {
-                continue;
-            }
-            let col = if whole {
-                let parts: Vec<_> = segments
-                    .iter()
-                    .map(|&(slot, row, len)| sources[slot].column(ci).slice(row, len))
-                    .collect();
-                let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-                arrow_select::concat::concat(&parts)
-            } else {
-                let arrays: Vec<&dyn Array> =
-                    sources.iter().map(|b| b.column(ci).as_ref()).collect();
-                arrow_select::interleave::interleave(&arrays, picks)
-            };
-            cols.push(col.map_err(|e| Error::Internal(format!("gathering rows: {e}")))?);
-        }
-        let batch =
-            RecordBatch::try_new(schema, cols).map_err(|e| Error::Internal(e.to_string()))?;
-        self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(&batch)
-            .map_err(|e| parquet_err(&self.path, e))
+        w.close().map_err(|e| parquet_err(path, e))?;
+        self.rows += rg.rows;
+        Ok(())
     }
 
-    fn close(self) -> Result<OutputFile> {
+    /// Writes the footer; the file (still to be synced), its path and its manifest entry.
+    fn finish(self) -> Result<(File, PathBuf, OutputFile)> {
         let path = self.path;
         let buf = self
             .writer
@@ -1066,21 +1210,47 @@ impl SenderWriter {
         let hashing = buf
             .into_inner()
             .map_err(|e| Error::io("cannot write", &path, e.into_error()))?;
-        hashing
-            .file
-            .sync_all()
-            .map_err(|e| Error::io("cannot sync", &path, e))?;
-        drop(hashing.file);
-        let parent = path.parent().expect("file has a parent");
-        fsync_path(parent).map_err(|e| Error::io("cannot sync", parent, e))?;
-        Ok(OutputFile {
+        let out = OutputFile {
             path: self.rel,
             sender_id: self.sender,
             rows: self.rows,
             bytes: hashing.bytes,
             sha256: hex::encode(hashing.hasher.finalize()),
-        })
+        };
+        Ok((hashing.file, path, out))
     }
+}
+
+/// A piece's rows as one batch of the Parquet schema (the partition column left out).
+fn gather(
+    schema: &arrow_schema::SchemaRef,
+    sources: &[RecordBatch],
+    picks: &[(usize, usize)],
+) -> Result<RecordBatch> {
+    let staged = staged_schema();
+    // A sender's rows mostly come in long stretches of one run (runs are stretches of the
+    // day): copy those whole, and gather row by row only when they are short.
+    let segments = segments(picks);
+    let whole = segments.len() * 16 <= picks.len();
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (ci, f) in staged.fields().iter().enumerate() {
+        if f.name() == "sender_id" {
+            continue;
+        }
+        let col = if whole {
+            let parts: Vec<_> = segments
+                .iter()
+                .map(|&(slot, row, len)| sources[slot].column(ci).slice(row, len))
+                .collect();
+            let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            arrow_select::concat::concat(&parts)
+        } else {
+            let arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(ci).as_ref()).collect();
+            arrow_select::interleave::interleave(&arrays, picks)
+        };
+        cols.push(col.map_err(|e| Error::Internal(format!("gathering rows: {e}")))?);
+    }
+    RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Picks as stretches of consecutive rows of one source: (source, first row, rows).
@@ -1216,6 +1386,78 @@ mod tests {
             MIN_MERGE_BATCH_ROWS
         );
         assert_eq!(merge_chunk_rows(0, 0, 0, 0), MIN_MERGE_BATCH_ROWS);
+    }
+
+    /// Row groups encoded apart on several threads and appended in order give the bytes that
+    /// `ArrowWriter` gives for the same batches, for a file of several row groups whose rows come
+    /// from several sources, in stretches and one by one.
+    #[test]
+    fn row_groups_encoded_in_parallel_match_arrow_writer() {
+        let n = ROW_GROUP_ROWS * 2 + 3000;
+        // Two sources, as two runs would give them; picks alternate between long stretches and
+        // single rows.
+        let rows = |k: usize| -> Vec<(Option<u8>, Option<i64>, u8, i64)> {
+            (0..n)
+                .map(|i| {
+                    (
+                        Some(1),
+                        Some((i * 7 % 1000) as i64),
+                        k as u8,
+                        (i * 2 + k) as i64,
+                    )
+                })
+                .collect()
+        };
+        let sources = vec![batch(&rows(0)), batch(&rows(1))];
+        let mut picks = Vec::with_capacity(n);
+        let mut next = [0usize; 2];
+        for i in 0..n {
+            let src = if (i / 5000) % 2 == 0 {
+                i % 2
+            } else {
+                (i / 5000) % 2
+            };
+            picks.push((src, next[src]));
+            next[src] += 1;
+        }
+        let pieces: Vec<Vec<(usize, usize)>> =
+            picks.chunks(MERGE_BATCH_ROWS).map(|c| c.to_vec()).collect();
+
+        let mut expected =
+            ArrowWriter::try_new(Vec::new(), parquet_schema(), Some(writer_properties())).unwrap();
+        for p in &pieces {
+            expected
+                .write(&gather(&parquet_schema(), &sources, p).unwrap())
+                .unwrap();
+        }
+        let expected = expected.into_inner().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_, factory) =
+            ArrowWriter::try_new(std::io::sink(), parquet_schema(), Some(writer_properties()))
+                .and_then(|w| w.into_serialized_writer())
+                .unwrap();
+        let files = std::thread::scope(|scope| {
+            let mut enc = Encoding::start(scope, dir.path(), &factory, 3);
+            enc.open(Some("s1".into())).unwrap();
+            for p in &pieces {
+                enc.rows(sources.clone(), p.clone()).unwrap();
+            }
+            enc.close().unwrap();
+            enc.finish().unwrap()
+        });
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].rows, n as u64);
+        let got = fs::read(dir.path().join(&files[0].path)).unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(
+            got == expected,
+            "row-group encoding changed the file's bytes"
+        );
+        let file = File::open(dir.path().join(&files[0].path)).unwrap();
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+        let groups = parquet::file::reader::FileReader::metadata(&reader).num_row_groups();
+        assert_eq!(groups, 3);
     }
 
     #[test]
