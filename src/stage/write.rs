@@ -52,6 +52,8 @@ pub const SUCCESS_FILE: &str = "_SUCCESS";
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Rows per batch produced by the merge, and most rows per batch of a sorted run.
 const MERGE_BATCH_ROWS: usize = 8 * 1024;
+/// Pieces of a row group queued for its encoder when there is only one encoder.
+const PIECES_QUEUED_ALONE: usize = 4;
 /// Fewest rows per batch of a spilled run, however many runs there are.
 const MIN_MERGE_BATCH_ROWS: usize = 64;
 
@@ -751,11 +753,12 @@ struct Piece {
     picks: Vec<(usize, usize)>,
 }
 
-/// A row group for an encoder thread: its pieces in order, and where its encoded columns go.
+/// A row group for an encoder thread: its pieces in order, as the merge makes them (the channel
+/// ends with the row group), and where its encoded columns go.
 struct RowGroupJob {
     /// The row group's number in its file.
     index: usize,
-    pieces: Vec<Piece>,
+    pieces: std::sync::mpsc::Receiver<Piece>,
     done: std::sync::mpsc::SyncSender<Result<EncodedRowGroup>>,
 }
 
@@ -776,8 +779,11 @@ enum FileJob {
 /// The threads that turn the merge's rows into files while the merge goes on.
 ///
 /// The unit of work is a row group, not a file: encoder threads (one per core, as the budget
-/// allows) take row groups from one queue in output order, so the rows of one busy sender (a
-/// fifth of a day's rows, in the benchmark) keep every core busy instead of one. A writer thread
+/// allows) take row groups from one queue in output order and encode their pieces as the merge
+/// hands them out, so the rows of one busy sender (a fifth of a day's rows, in the benchmark)
+/// keep every core busy instead of one. With more than one encoder a row group's pieces may all
+/// wait in its queue, so that the merge can go on to the next row group for another encoder;
+/// with one, only a few do (the memory a second core would have used). A writer thread
 /// appends each file's row groups in order as they come out encoded and hashes the bytes; a sync
 /// thread fsyncs each finished file and its directory, off the writer's way. A file's bytes
 /// depend only on its rows (row groups of `ROW_GROUP_ROWS`, encoded as `ArrowWriter` encodes
@@ -788,10 +794,13 @@ struct Encoding<'scope> {
     encoders: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
     writer: std::thread::ScopedJoinHandle<'scope, Result<Vec<OutputFile>>>,
     syncer: std::thread::ScopedJoinHandle<'scope, Result<()>>,
-    /// The current row group's pieces and rows so far, and its number in the current file.
-    pending: Vec<Piece>,
-    pending_rows: usize,
+    /// Where the current row group's pieces go, and its rows so far.
+    current: Option<std::sync::mpsc::SyncSender<Piece>>,
+    current_rows: usize,
+    /// The next row group's number in the current file.
     row_group: usize,
+    /// Pieces a row group's queue holds.
+    pieces_queued: usize,
 }
 
 impl<'scope> Encoding<'scope> {
@@ -802,9 +811,15 @@ impl<'scope> Encoding<'scope> {
         encoders: usize,
     ) -> Encoding<'scope> {
         // Row groups in flight (queued, being encoded, or encoded and waiting for their turn in
-        // the file) are bounded by the writer's queue: two per encoder.
-        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<RowGroupJob>(encoders);
+        // the file) are bounded by the writer's queue: two per encoder. A row group waits for an
+        // encoder only when there are others to keep busy.
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<RowGroupJob>(encoders - 1);
         let (files, file_rx) = std::sync::mpsc::sync_channel::<FileJob>(2 * encoders);
+        let pieces_queued = if encoders > 1 {
+            ROW_GROUP_ROWS.div_ceil(MERGE_BATCH_ROWS)
+        } else {
+            PIECES_QUEUED_ALONE
+        };
         // Finished files waiting for their fsync (each holds only a descriptor).
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<(File, PathBuf)>(64);
         let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
@@ -815,8 +830,7 @@ impl<'scope> Encoding<'scope> {
                     loop {
                         let job = job_rx.lock().map(|rx| rx.recv());
                         let Ok(Ok(job)) = job else { return };
-                        let encoded = encode_row_group(factory, job.index, &job.pieces);
-                        drop(job.pieces);
+                        let encoded = encode_row_group(factory, job.index, job.pieces);
                         // Nobody waits when the writer has stopped (its error is reported).
                         let _ = job.done.send(encoded);
                     }
@@ -840,9 +854,10 @@ impl<'scope> Encoding<'scope> {
             encoders,
             writer,
             syncer,
-            pending: Vec::new(),
-            pending_rows: 0,
+            current: None,
+            current_rows: 0,
             row_group: 0,
+            pieces_queued,
         }
     }
 
@@ -858,56 +873,69 @@ impl<'scope> Encoding<'scope> {
         self.to_writer(FileJob::Open(sender))
     }
 
-    /// Adds the current sender's next rows, handing out each row group as it fills.
+    /// Adds the current sender's next rows, cut into row groups of `ROW_GROUP_ROWS`.
     fn rows(&mut self, sources: Vec<RecordBatch>, mut picks: Vec<(usize, usize)>) -> Result<()> {
         while !picks.is_empty() {
-            let room = ROW_GROUP_ROWS - self.pending_rows;
+            let room = ROW_GROUP_ROWS - self.current_rows;
             let rest = if picks.len() > room {
                 picks.split_off(room)
             } else {
                 Vec::new()
             };
-            self.pending_rows += picks.len();
-            self.pending.push(Piece {
+            let rows = picks.len();
+            let piece = Piece {
                 sources: sources.clone(),
                 picks,
-            });
-            if self.pending_rows == ROW_GROUP_ROWS {
-                self.dispatch()?;
+            };
+            self.row_group_queue()?
+                .send(piece)
+                .map_err(|_| Error::Internal("an encoder stopped".into()))?;
+            self.current_rows += rows;
+            if self.current_rows == ROW_GROUP_ROWS {
+                self.end_row_group();
             }
             picks = rest;
         }
         Ok(())
     }
 
-    /// Queues the current row group for an encoder and its place in the file for the writer.
-    fn dispatch(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// The current row group's queue of pieces; a new row group, queued for an encoder and given
+    /// its place in the file, when there is none.
+    fn row_group_queue(&mut self) -> Result<&std::sync::mpsc::SyncSender<Piece>> {
+        if self.current.is_none() {
+            let (pieces, queue) = std::sync::mpsc::sync_channel(self.pieces_queued);
+            let (done, encoded) = std::sync::mpsc::sync_channel(1);
+            let job = RowGroupJob {
+                index: self.row_group,
+                pieces: queue,
+                done,
+            };
+            self.row_group += 1;
+            self.jobs
+                .send(job)
+                .map_err(|_| Error::Internal("the encoders stopped".into()))?;
+            self.to_writer(FileJob::RowGroup(encoded))?;
+            self.current = Some(pieces);
         }
-        let (done, encoded) = std::sync::mpsc::sync_channel(1);
-        let job = RowGroupJob {
-            index: self.row_group,
-            pieces: std::mem::take(&mut self.pending),
-            done,
-        };
-        self.pending_rows = 0;
-        self.row_group += 1;
-        self.jobs
-            .send(job)
-            .map_err(|_| Error::Internal("the encoders stopped".into()))?;
-        self.to_writer(FileJob::RowGroup(encoded))
+        Ok(self.current.as_ref().expect("set above"))
+    }
+
+    /// Ends the current row group: its encoder finishes it once it has every piece.
+    fn end_row_group(&mut self) {
+        self.current = None;
+        self.current_rows = 0;
     }
 
     /// Ends the current sender's file.
     fn close(&mut self) -> Result<()> {
-        self.dispatch()?;
+        self.end_row_group();
         self.to_writer(FileJob::Close)
     }
 
     /// Waits for every thread; the files, or the first error (the writer's or the syncer's
     /// explain a merge that stopped because they had stopped).
     fn finish(self) -> Result<Vec<OutputFile>> {
+        drop(self.current);
         drop(self.jobs);
         drop(self.files);
         let mut panicked = false;
@@ -936,7 +964,7 @@ impl<'scope> Encoding<'scope> {
 fn encode_row_group(
     factory: &ArrowRowGroupWriterFactory,
     index: usize,
-    pieces: &[Piece],
+    pieces: std::sync::mpsc::Receiver<Piece>,
 ) -> Result<EncodedRowGroup> {
     let err = |e: parquet::errors::ParquetError| Error::Internal(format!("encoding rows: {e}"));
     let schema = parquet_schema();
@@ -944,6 +972,7 @@ fn encode_row_group(
     let mut rows = 0u64;
     for piece in pieces {
         let batch = gather(&schema, &piece.sources, &piece.picks)?;
+        drop(piece);
         rows += batch.num_rows() as u64;
         let mut next = writers.iter_mut();
         for (field, column) in schema.fields().iter().zip(batch.columns()) {
@@ -1432,32 +1461,35 @@ mod tests {
         }
         let expected = expected.into_inner().unwrap();
 
-        let dir = tempfile::tempdir().unwrap();
-        let (_, factory) =
-            ArrowWriter::try_new(std::io::sink(), parquet_schema(), Some(writer_properties()))
-                .and_then(|w| w.into_serialized_writer())
-                .unwrap();
-        let files = std::thread::scope(|scope| {
-            let mut enc = Encoding::start(scope, dir.path(), &factory, 3);
-            enc.open(Some("s1".into())).unwrap();
-            for p in &pieces {
-                enc.rows(sources.clone(), p.clone()).unwrap();
-            }
-            enc.close().unwrap();
-            enc.finish().unwrap()
-        });
-        assert_eq!(files.len(), 1);
-        assert_eq!(files[0].rows, n as u64);
-        let got = fs::read(dir.path().join(&files[0].path)).unwrap();
-        assert_eq!(got.len(), expected.len());
-        assert!(
-            got == expected,
-            "row-group encoding changed the file's bytes"
-        );
-        let file = File::open(dir.path().join(&files[0].path)).unwrap();
-        let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
-        let groups = parquet::file::reader::FileReader::metadata(&reader).num_row_groups();
-        assert_eq!(groups, 3);
+        // One encoder (pieces streamed as they come) and several (whole row groups queued).
+        for encoders in [1, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let (_, factory) =
+                ArrowWriter::try_new(std::io::sink(), parquet_schema(), Some(writer_properties()))
+                    .and_then(|w| w.into_serialized_writer())
+                    .unwrap();
+            let files = std::thread::scope(|scope| {
+                let mut enc = Encoding::start(scope, dir.path(), &factory, encoders);
+                enc.open(Some("s1".into())).unwrap();
+                for p in &pieces {
+                    enc.rows(sources.clone(), p.clone()).unwrap();
+                }
+                enc.close().unwrap();
+                enc.finish().unwrap()
+            });
+            assert_eq!(files.len(), 1);
+            assert_eq!(files[0].rows, n as u64);
+            let got = fs::read(dir.path().join(&files[0].path)).unwrap();
+            assert_eq!(got.len(), expected.len());
+            assert!(
+                got == expected,
+                "row-group encoding changed the file's bytes"
+            );
+            let file = File::open(dir.path().join(&files[0].path)).unwrap();
+            let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+            let groups = parquet::file::reader::FileReader::metadata(&reader).num_row_groups();
+            assert_eq!(groups, 3);
+        }
     }
 
     #[test]
