@@ -248,10 +248,11 @@ impl DedupeIndex {
             });
         }
         let second = buf.split_off(half);
-        // Too many runs for one merge (a small budget and a big day): merge the oldest FAN_IN
-        // into one longer run until few enough are left.
+        // Too many runs for one merge with the two halves in memory (a small budget and a big
+        // day): merge the oldest FAN_IN (or all) into one longer run until few enough are left.
         while self.runs.len() + 2 > FAN_IN {
-            let batch: Vec<PathBuf> = self.runs.drain(..FAN_IN).collect();
+            let n = FAN_IN.min(self.runs.len());
+            let batch: Vec<PathBuf> = self.runs.drain(..n).collect();
             let merged = Merge::new(self.open(&batch)?)?;
             self.write_run(merged)?;
             for p in &batch {
@@ -592,21 +593,26 @@ mod tests {
 
     #[test]
     fn many_runs_merge_in_passes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
-        idx.cap = 1;
-        // 200 runs of one key: offsets 0..100 twice, the second time as exact duplicates.
-        for row in 0..200u64 {
-            idx.push(Key::new(1, (row % 100) as i64, 9, row, 0, 0))
-                .unwrap();
+        // Run counts around the fan-in: one merge pass of every run left (63), passes that end
+        // on 63 (126, 189) and on fewer (200: 137, 74, 11), none (61, 62).
+        for runs in [61u64, 62, 63, 64, 126, 189, 200] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
+            idx.cap = 1;
+            // One key per run: offsets 0..runs/2, then again (exact duplicates) to the last run.
+            let half = runs / 2;
+            for row in 0..runs {
+                idx.push(Key::new(1, (row % half) as i64, 9, row, 0, 0))
+                    .unwrap();
+            }
+            idx.wait().unwrap();
+            assert_eq!(idx.runs.len() as u64, runs);
+            let res = idx.resolve(runs, 1, 1).unwrap();
+            assert_eq!(res.dropped_rows, runs - half, "{runs} runs");
+            assert!((0..half).all(|r| !is_dropped(&res.dropped, r)));
+            assert!((half..runs).all(|r| is_dropped(&res.dropped, r)));
+            assert!(!dir.path().join("d").exists());
         }
-        idx.wait().unwrap();
-        assert_eq!(idx.runs.len(), 200);
-        let res = idx.resolve(200, 1, 1).unwrap();
-        assert_eq!(res.dropped_rows, 100);
-        assert!((0..100).all(|r| !is_dropped(&res.dropped, r)));
-        assert!((100..200).all(|r| is_dropped(&res.dropped, r)));
-        assert!(!dir.path().join("d").exists());
     }
 
     #[test]
