@@ -782,8 +782,8 @@ enum FileJob {
 /// allows) take row groups from one queue in output order and encode their pieces as the merge
 /// hands them out, so the rows of one busy sender (a fifth of a day's rows, in the benchmark)
 /// keep every core busy instead of one. With more than one encoder a row group's pieces may all
-/// wait in its queue, so that the merge can go on to the next row group for another encoder;
-/// with one, only a few do (the memory a second core would have used). A writer thread
+/// wait in its queue, so that the merge can go on to the next row group for a free encoder; with
+/// one, only a few do (the memory a second core would have used). A writer thread
 /// appends each file's row groups in order as they come out encoded and hashes the bytes; a sync
 /// thread fsyncs each finished file and its directory, off the writer's way. A file's bytes
 /// depend only on its rows (row groups of `ROW_GROUP_ROWS`, encoded as `ArrowWriter` encodes
@@ -810,10 +810,10 @@ impl<'scope> Encoding<'scope> {
         factory: &'env ArrowRowGroupWriterFactory,
         encoders: usize,
     ) -> Encoding<'scope> {
-        // Row groups in flight (queued, being encoded, or encoded and waiting for their turn in
-        // the file) are bounded by the writer's queue: two per encoder. A row group waits for an
-        // encoder only when there are others to keep busy.
-        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<RowGroupJob>(encoders - 1);
+        // A row group is handed out only to a free encoder, so at most one row group of rows
+        // not yet encoded per encoder; row groups encoded and waiting for their turn in the file
+        // are bounded by the writer's queue (two jobs per encoder, opens and closes included).
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<RowGroupJob>(0);
         let (files, file_rx) = std::sync::mpsc::sync_channel::<FileJob>(2 * encoders);
         let pieces_queued = if encoders > 1 {
             ROW_GROUP_ROWS.div_ceil(MERGE_BATCH_ROWS)
