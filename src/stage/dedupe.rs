@@ -238,16 +238,12 @@ impl DedupeIndex {
         self.wait()?;
         // The keys still in memory are sorted in two halves on two threads (the sort was most of
         // the time the extract waits here), and merged with the runs.
-        let mut buf = std::mem::take(&mut self.buf);
-        let half = buf.len() / 2;
-        {
-            let (a, b) = buf.split_at_mut(half);
-            std::thread::scope(|s| {
-                s.spawn(|| a.sort_unstable_by_key(Key::order));
-                b.sort_unstable_by_key(Key::order);
-            });
-        }
-        let second = buf.split_off(half);
+        let mut first = std::mem::take(&mut self.buf);
+        let mut second = first.split_off(first.len() / 2);
+        std::thread::scope(|s| {
+            s.spawn(|| first.sort_unstable_by_key(Key::order));
+            second.sort_unstable_by_key(Key::order);
+        });
         // Too many runs for one merge with the two halves in memory (a small budget and a big
         // day): merge the oldest FAN_IN (or all) into one longer run until few enough are left.
         while self.runs.len() + 2 > FAN_IN {
@@ -260,7 +256,7 @@ impl DedupeIndex {
             }
         }
         let mut sources = self.open(&self.runs)?;
-        sources.push(Source::Memory(buf.into_iter()));
+        sources.push(Source::Memory(first.into_iter()));
         sources.push(Source::Memory(second.into_iter()));
         let mut res = Resolution {
             dropped: vec![0; rows.div_ceil(64) as usize],

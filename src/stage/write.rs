@@ -874,7 +874,11 @@ impl<'scope> Encoding<'scope> {
     }
 
     /// Adds the current sender's next rows, cut into row groups of `ROW_GROUP_ROWS`.
-    fn rows(&mut self, sources: Vec<RecordBatch>, mut picks: Vec<(usize, usize)>) -> Result<()> {
+    fn rows(
+        &mut self,
+        mut sources: Vec<RecordBatch>,
+        mut picks: Vec<(usize, usize)>,
+    ) -> Result<()> {
         while !picks.is_empty() {
             let room = ROW_GROUP_ROWS - self.current_rows;
             let rest = if picks.len() > room {
@@ -883,10 +887,13 @@ impl<'scope> Encoding<'scope> {
                 Vec::new()
             };
             let rows = picks.len();
-            let piece = Piece {
-                sources: sources.clone(),
-                picks,
+            // Pieces cut at a row group's end share the sources; the last one takes them.
+            let sources = if rest.is_empty() {
+                std::mem::take(&mut sources)
+            } else {
+                sources.clone()
             };
+            let piece = Piece { sources, picks };
             self.row_group_queue()?
                 .send(piece)
                 .map_err(|_| Error::Internal("an encoder stopped".into()))?;
@@ -1044,10 +1051,8 @@ fn merge_and_write(
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<OutputFile>> {
     // Column writers for every file's row groups: all files share the schema and properties.
-    let (_, factory) =
-        ArrowWriter::try_new(std::io::sink(), parquet_schema(), Some(writer_properties()))
-            .and_then(|w| w.into_serialized_writer())
-            .map_err(|e| Error::Internal(format!("parquet writer: {e}")))?;
+    let (_, factory) = parquet_file_writer(std::io::sink())
+        .map_err(|e| Error::Internal(format!("parquet writer: {e}")))?;
     let factory = &factory;
     std::thread::scope(|scope| {
         let mut enc = Encoding::start(scope, dir, factory, encoder_threads(budget));
@@ -1175,6 +1180,15 @@ pub fn writer_properties() -> WriterProperties {
     .build()
 }
 
+/// A Parquet file writer over `w` with the files' schema and properties (`ArrowWriter` writes the
+/// header and, in the footer, the Arrow schema readers use), and the factory of column writers
+/// for its row groups.
+fn parquet_file_writer<W: std::io::Write + Send>(
+    w: W,
+) -> parquet::errors::Result<(SerializedFileWriter<W>, ArrowRowGroupWriterFactory)> {
+    ArrowWriter::try_new(w, parquet_schema(), Some(writer_properties()))?.into_serialized_writer()
+}
+
 /// One sender's Parquet file being written, row group by row group.
 struct SenderFile {
     sender: Option<String>,
@@ -1196,14 +1210,8 @@ impl SenderFile {
             hasher: Sha256::new(),
             bytes: 0,
         };
-        // `ArrowWriter` writes the header and, in the footer, the Arrow schema readers use.
-        let (writer, _) = ArrowWriter::try_new(
-            BufWriter::with_capacity(1 << 20, hashing),
-            parquet_schema(),
-            Some(writer_properties()),
-        )
-        .and_then(|w| w.into_serialized_writer())
-        .map_err(|e| parquet_err(&path, e))?;
+        let (writer, _) = parquet_file_writer(BufWriter::with_capacity(1 << 20, hashing))
+            .map_err(|e| parquet_err(&path, e))?;
         Ok(SenderFile {
             sender,
             rel,
@@ -1464,10 +1472,7 @@ mod tests {
         // One encoder (pieces streamed as they come) and several (whole row groups queued).
         for encoders in [1, 3] {
             let dir = tempfile::tempdir().unwrap();
-            let (_, factory) =
-                ArrowWriter::try_new(std::io::sink(), parquet_schema(), Some(writer_properties()))
-                    .and_then(|w| w.into_serialized_writer())
-                    .unwrap();
+            let (_, factory) = parquet_file_writer(std::io::sink()).unwrap();
             let files = std::thread::scope(|scope| {
                 let mut enc = Encoding::start(scope, dir.path(), &factory, encoders);
                 enc.open(Some("s1".into())).unwrap();
