@@ -211,9 +211,59 @@ const fn stop_table(quote: u8) -> [bool; 256] {
 /// Indexed by whether the quote is `"`.
 static STOP: [[bool; 256]; 2] = [stop_table(b'\''), stop_table(b'"')];
 
-/// The first byte of `rest` that ends a run (`table[b]`), looking at 8 bytes at a time: a
-/// word with no quote, backslash, DEL, 0xC2 or byte below 0x20 holds no stop byte.
+/// The first byte of `rest` that ends a run (`table[b]`): 16 bytes at a time with SSE2 (part
+/// of every x86-64 CPU), the rest 8 at a time.
+#[cfg(target_arch = "x86_64")]
 fn find_stop(rest: &[u8], table: &[bool; 256], quote: u8) -> Option<usize> {
+    use std::arch::x86_64::{
+        __m128i, _mm_andnot_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    let mut at = 0;
+    // SAFETY: SSE2 is in the x86-64 baseline, so these intrinsics are always available; each
+    // load reads the 16 bytes at `at..at + 16`, inside `rest`, and tolerates any alignment.
+    unsafe {
+        let splat = |b: u8| _mm_set1_epi8(b as i8);
+        let (q, bs, del, c2, tab, x1f) = (
+            splat(quote),
+            splat(b'\\'),
+            splat(0x7f),
+            splat(0xc2),
+            splat(b'\t'),
+            splat(0x1f),
+        );
+        while at + 16 <= rest.len() {
+            let v = _mm_loadu_si128(rest.as_ptr().add(at).cast::<__m128i>());
+            // Bytes up to 0x1F (max(v, 0x1F) == 0x1F), except tab.
+            let control = _mm_andnot_si128(
+                _mm_cmpeq_epi8(v, tab),
+                _mm_cmpeq_epi8(_mm_max_epu8(v, x1f), x1f),
+            );
+            let stops = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, bs)),
+                _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, del), _mm_cmpeq_epi8(v, c2)),
+                    control,
+                ),
+            );
+            let mask = _mm_movemask_epi8(stops) as u32;
+            if mask != 0 {
+                return Some(at + mask.trailing_zeros() as usize);
+            }
+            at += 16;
+        }
+    }
+    find_stop_words(&rest[at..], table, quote).map(|i| at + i)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn find_stop(rest: &[u8], table: &[bool; 256], quote: u8) -> Option<usize> {
+    find_stop_words(rest, table, quote)
+}
+
+/// [`find_stop`] 8 bytes at a time: a word with no quote, backslash, DEL, 0xC2 or byte below
+/// 0x20 holds no stop byte.
+fn find_stop_words(rest: &[u8], table: &[bool; 256], quote: u8) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     // Non-zero exactly when some byte of `v` is zero (resp. below `n`, for n <= 0x80).
@@ -679,6 +729,40 @@ impl<'a, 'd> Parser<'a, 'd> {
     }
 
     fn parse_number(&mut self) -> Result<Value, Fail> {
+        match self.small_int() {
+            Some(v) => Ok(v),
+            None => self.parse_number_general(),
+        }
+    }
+
+    /// The usual number, a Kafka offset or an epoch: an optional sign and 1 to 17 decimal
+    /// digits without a leading zero, `_`, fraction or exponent. `None` (nothing consumed) for
+    /// anything else, which [`Parser::parse_number_general`] reads.
+    fn small_int(&mut self) -> Option<Value> {
+        let (input, start) = (self.input, self.pos);
+        let sign = input.get(start).copied();
+        let digits_at = start + usize::from(matches!(sign, Some(b'-' | b'+')));
+        let digits = input.get(digits_at..).unwrap_or_default();
+        let n = digits
+            .iter()
+            .take(18)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if n == 0 || n > 17 || (n > 1 && digits[0] == b'0') {
+            return None;
+        }
+        let next = digits.get(n).copied().unwrap_or(b' ');
+        if is_ident_byte(next) || next == b'.' {
+            return None;
+        }
+        let v = digits[..n]
+            .iter()
+            .fold(0i64, |v, &d| v * 10 + i64::from(d - b'0'));
+        self.pos = digits_at + n;
+        Some(Value::Int(if sign == Some(b'-') { -v } else { v }))
+    }
+
+    fn parse_number_general(&mut self) -> Result<Value, Fail> {
         let (input, start) = (self.input, self.pos);
         let bad = || Fail::new(ErrorKind::BadNumber, start);
         let neg = input.get(start) == Some(&b'-');
@@ -816,25 +900,51 @@ pub struct FlatDict<'a> {
 impl<'a> FlatDict<'a> {
     /// The entries in dict order.
     pub fn entries(&self) -> Vec<(&'a str, ValueRef<'a>)> {
-        let (input, text) = (self.input, self.scratch.text.as_str());
+        (0..self.entry_count()).map(|i| self.entry(i)).collect()
+    }
+
+    fn piece(&self, p: Piece) -> &'a str {
         // Pieces end on character boundaries (quotes, backslashes and control characters are
         // ASCII), so these never fail; a failure would give an empty string, not a panic.
-        let piece = |p: Piece| -> &'a str {
-            match p {
-                Piece::Input(a, b) => input.get(a..b),
-                Piece::Text(a, b) => text.get(a..b),
-            }
-            .unwrap_or_default()
-        };
-        let value = |v: &'a FlatValue| match v {
-            FlatValue::Str(p) => ValueRef::Str(piece(*p)),
+        match p {
+            Piece::Input(a, b) => self.input.get(a..b),
+            Piece::Text(a, b) => self.scratch.text.get(a..b),
+        }
+        .unwrap_or_default()
+    }
+}
+
+/// The entries of a parsed dict, read in place: a flat dict's need no `Vec` of views per record.
+pub trait DictEntries<'a> {
+    /// How many entries.
+    fn entry_count(&self) -> usize;
+    /// Entry `i` (below `entry_count()`) as key and value.
+    fn entry(&self, i: usize) -> (&'a str, ValueRef<'a>);
+}
+
+impl<'a> DictEntries<'a> for FlatDict<'a> {
+    fn entry_count(&self) -> usize {
+        self.scratch.entries.len()
+    }
+
+    fn entry(&self, i: usize) -> (&'a str, ValueRef<'a>) {
+        let scratch: &'a FlatScratch = self.scratch;
+        let (k, v) = &scratch.entries[i];
+        let value = match v {
+            FlatValue::Str(p) => ValueRef::Str(self.piece(*p)),
             FlatValue::Other(v) => ValueRef::Other(v),
         };
-        self.scratch
-            .entries
-            .iter()
-            .map(|(k, v)| (piece(*k), value(v)))
-            .collect()
+        (self.piece(*k), value)
+    }
+}
+
+impl<'a> DictEntries<'a> for [(&'a str, ValueRef<'a>)] {
+    fn entry_count(&self) -> usize {
+        self.len()
+    }
+
+    fn entry(&self, i: usize) -> (&'a str, ValueRef<'a>) {
+        self[i]
     }
 }
 
@@ -1649,6 +1759,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn small_ints_take_the_short_path_and_the_rest_do_not() {
+        let short = |t: &str| {
+            let mut drops = Drops::default();
+            let mut p = Parser::new(t.as_bytes(), 0, &mut drops);
+            p.small_int().map(|v| (v, p.pos))
+        };
+        assert_eq!(short("0,"), Some((Value::Int(0), 1)));
+        assert_eq!(short("-0}"), Some((Value::Int(0), 2)));
+        assert_eq!(short("+5"), Some((Value::Int(5), 2)));
+        assert_eq!(
+            short("-12345678901234567 "),
+            Some((Value::Int(-12345678901234567), 18))
+        );
+        for t in [
+            "007",
+            "1_000",
+            "1.5",
+            "1e5",
+            "0x1f",
+            "123456789012345678",
+            "12a",
+            "-",
+            "",
+        ] {
+            assert_eq!(short(t), None, "{t}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -1669,18 +1808,66 @@ mod tests {
         }
 
         #[test]
+        fn small_int_agrees_with_the_general_number_parser(
+            text in prop_oneof![
+                "[-+]?[0-9]{1,19}[ ,}a-z._]?",
+                "[-+]?[0-9_]{0,20}(\\.[0-9]*)?([eE][-+]?[0-9]{0,3})?[a-z ,}.]?",
+            ],
+        ) {
+            // `parse_number` (short path first) answers as the general parser alone, and the
+            // short path consumes nothing when it declines.
+            let input = text.as_bytes();
+            let mut drops = Drops::default();
+            let mut fast = Parser::new(input, 0, &mut drops);
+            let short = fast.small_int();
+            if short.is_none() {
+                prop_assert_eq!(fast.pos, 0);
+            }
+            let mut drops = Drops::default();
+            let mut both = Parser::new(input, 0, &mut drops);
+            let got = both.parse_number().map_err(|e| e.0.kind);
+            let mut drops = Drops::default();
+            let mut general = Parser::new(input, 0, &mut drops);
+            let want = general.parse_number_general().map_err(|e| e.0.kind);
+            prop_assert_eq!(&got, &want, "{}", &text);
+            prop_assert_eq!(both.pos, general.pos);
+            if let Some(v) = short {
+                prop_assert_eq!(Ok(v), want);
+                prop_assert_eq!(fast.pos, general.pos);
+            }
+        }
+
+        #[test]
+        fn find_stop_in_long_plain_runs(
+            plain in prop::collection::vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff], 0..100),
+            stop in prop::sample::select(b"'\"\\\n\x00\x1f\x7f\xc2".to_vec()),
+            at in any::<prop::sample::Index>(),
+            double in any::<bool>(),
+        ) {
+            // A stop byte after up to 99 others: most fall beyond the first 16-byte block.
+            let quote = if double { b'"' } else { b'\'' };
+            let table = &STOP[usize::from(double)];
+            let mut bytes = plain;
+            bytes.insert(at.index(bytes.len() + 1), stop);
+            let want = bytes.iter().position(|&b| table[usize::from(b)]);
+            prop_assert_eq!(find_stop(&bytes, table, quote), want);
+            prop_assert_eq!(find_stop_words(&bytes, table, quote), want);
+        }
+
+        #[test]
         fn find_stop_is_the_first_stop_byte(
             bytes in prop::collection::vec(prop_oneof![
                 4 => 0x20u8..0x7f,
                 2 => 0x80u8..=0xff,
                 1 => prop::sample::select(b"'\"\\\t\n\r\x00\x1f\x7f\xc2".to_vec()),
-            ], 0..40),
+            ], 0..80),
             double in any::<bool>(),
         ) {
             let quote = if double { b'"' } else { b'\'' };
             let table = &STOP[usize::from(double)];
             let want = bytes.iter().position(|&b| table[usize::from(b)]);
             prop_assert_eq!(find_stop(&bytes, table, quote), want);
+            prop_assert_eq!(find_stop_words(&bytes, table, quote), want);
         }
 
         #[test]
