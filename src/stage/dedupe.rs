@@ -122,8 +122,9 @@ pub struct Resolution {
     pub senders: Vec<u64>,
 }
 
-/// Runs merged at once: more are first merged into longer runs, so open files and read buffers
-/// stay bounded whatever the number of records.
+/// Runs merged at once: more are first merged into longer runs, so open files (two per run in
+/// the final merge, which is cut in two) and read buffers stay bounded whatever the number of
+/// records.
 const FAN_IN: usize = 64;
 
 /// Collects keys in sorted runs of at most `mem_bytes` and resolves them at the end.
@@ -211,9 +212,11 @@ impl DedupeIndex {
         Ok(())
     }
 
-    /// Opens runs for a merge, with read buffers that share the index's memory.
-    fn open(&self, runs: &[PathBuf]) -> Result<Vec<Source>> {
-        let buf = (self.cap * KEY_BYTES / runs.len().max(1)).clamp(16 << 10, 256 << 10);
+    /// Opens runs for a merge, with read buffers that share the index's memory with
+    /// `readers_per_run - 1` more readers of each run.
+    fn open(&self, runs: &[PathBuf], readers_per_run: usize) -> Result<Vec<Source<'static>>> {
+        let readers = runs.len().max(1) * readers_per_run.max(1);
+        let buf = (self.cap * KEY_BYTES / readers).clamp(16 << 10, 256 << 10);
         runs.iter()
             .map(|p| {
                 let f = File::open(p).map_err(|e| Error::io("cannot read", p, e))?;
@@ -227,7 +230,11 @@ impl DedupeIndex {
                         p.display()
                     )));
                 }
-                Ok(Source::File(BufReader::with_capacity(buf, f), p.clone()))
+                Ok(Source::File {
+                    reader: BufReader::with_capacity(buf, f),
+                    path: p.clone(),
+                    left: len / KEY_BYTES as u64,
+                })
             })
             .collect()
     }
@@ -235,44 +242,101 @@ impl DedupeIndex {
     /// Resolves duplicates among `rows` staged rows from `files` input files and `senders`
     /// senders, and removes the spill files.
     pub fn resolve(mut self, rows: u64, files: usize, senders: usize) -> Result<Resolution> {
-        self.wait()?;
         // The keys still in memory are sorted in two halves on two threads (the sort was most of
-        // the time the extract waits here), and merged with the runs.
+        // the time the extract waits here), and merged with the runs; the last spilled run may
+        // still be sorting meanwhile.
         let mut first = std::mem::take(&mut self.buf);
         let mut second = first.split_off(first.len() / 2);
         std::thread::scope(|s| {
             s.spawn(|| first.sort_unstable_by_key(Key::order));
             second.sort_unstable_by_key(Key::order);
         });
+        self.wait()?;
         // Too many runs for one merge with the two halves in memory (a small budget and a big
         // day): merge the oldest FAN_IN (or all) into one longer run until few enough are left.
         while self.runs.len() + 2 > FAN_IN {
             let n = FAN_IN.min(self.runs.len());
             let batch: Vec<PathBuf> = self.runs.drain(..n).collect();
-            let merged = Merge::new(self.open(&batch)?)?;
+            let merged = Merge::new(self.open(&batch, 1)?)?;
             self.write_run(merged)?;
             for p in &batch {
                 fs::remove_file(p).map_err(|e| Error::io("cannot remove", p, e))?;
             }
         }
-        let mut sources = self.open(&self.runs)?;
-        sources.push(Source::Memory(first.into_iter()));
-        sources.push(Source::Memory(second.into_iter()));
-        let mut res = Resolution {
+        let new_res = || Resolution {
             dropped: vec![0; rows.div_ceil(64) as usize],
             dropped_rows: 0,
             files: vec![FileTally::default(); files],
             senders: vec![0; senders],
         };
-        let mut group = Group::default();
-        for k in Merge::new(sources)? {
-            group.add(&k?, &mut res)?;
+        // The final merge in two halves of the key space, one per thread: keys of rooms before
+        // `split` and the others. A (room, offset) group is never cut, so each half resolves its
+        // groups alone, and the halves' outcomes add up. (One merge was half a second at 1 GB,
+        // with the other core idle.)
+        let split = first.get(first.len() / 2).map(|k| k.room);
+        let mut low: Vec<Source<'_>> =
+            self.open(&self.runs, if split.is_some() { 2 } else { 1 })?;
+        let mut high = Vec::new();
+        if let Some(split) = split {
+            for s in &mut low {
+                high.push(s.split_at_room(split)?);
+            }
         }
-        group.close(&mut res);
+        for keys in [&first, &second] {
+            let at = split.map_or(keys.len(), |r| keys.partition_point(|k| k.room < r));
+            low.push(Source::Memory(keys[..at].iter().copied()));
+            high.push(Source::Memory(keys[at..].iter().copied()));
+        }
+        let (low, high) = std::thread::scope(|s| {
+            let high = s.spawn(|| resolve_merge(high, new_res()));
+            let low = resolve_merge(low, new_res());
+            let high = high
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("a duplicate merge panicked".into())));
+            (low, high)
+        });
+        let (mut res, high) = (low?, high?);
+        res.add(high);
         if !self.runs.is_empty() {
             fs::remove_dir_all(&self.dir).map_err(|e| Error::io("cannot remove", &self.dir, e))?;
         }
         Ok(res)
+    }
+}
+
+/// Visits the merged keys of `sources` group by group into `res`.
+fn resolve_merge(sources: Vec<Source<'_>>, mut res: Resolution) -> Result<Resolution> {
+    let mut group = Group::default();
+    for k in Merge::new(sources)? {
+        group.add(&k?, &mut res)?;
+    }
+    group.close(&mut res);
+    Ok(res)
+}
+
+impl Resolution {
+    /// Adds the outcome of another part of the keys (same rows, files and senders).
+    fn add(&mut self, o: Resolution) {
+        for (w, x) in self.dropped.iter_mut().zip(o.dropped) {
+            *w |= x;
+        }
+        self.dropped_rows += o.dropped_rows;
+        for (t, x) in self.files.iter_mut().zip(o.files) {
+            // Every field named: one added to `FileTally` must be added here too.
+            let FileTally {
+                duplicates,
+                conflicts,
+                dropped_system,
+                dropped_no_ts,
+            } = x;
+            t.duplicates += duplicates;
+            t.conflicts += conflicts;
+            t.dropped_system += dropped_system;
+            t.dropped_no_ts += dropped_no_ts;
+        }
+        for (n, x) in self.senders.iter_mut().zip(o.senders) {
+            *n += x;
+        }
     }
 }
 
@@ -288,13 +352,13 @@ fn write_keys(path: &Path, keys: impl Iterator<Item = Result<Key>>) -> Result<()
 }
 
 /// A k-way merge of sorted sources, in key order.
-struct Merge {
-    sources: Vec<Source>,
+struct Merge<'a> {
+    sources: Vec<Source<'a>>,
     heap: BinaryHeap<Reverse<Head>>,
 }
 
-impl Merge {
-    fn new(mut sources: Vec<Source>) -> Result<Merge> {
+impl<'a> Merge<'a> {
+    fn new(mut sources: Vec<Source<'a>>) -> Result<Merge<'a>> {
         let mut heap = BinaryHeap::with_capacity(sources.len());
         for (i, s) in sources.iter_mut().enumerate() {
             if let Some(k) = s.next()? {
@@ -305,7 +369,7 @@ impl Merge {
     }
 }
 
-impl Iterator for Merge {
+impl Iterator for Merge<'_> {
     type Item = Result<Key>;
 
     fn next(&mut self) -> Option<Result<Key>> {
@@ -339,25 +403,74 @@ impl Ord for Head {
     }
 }
 
-enum Source {
-    Memory(std::vec::IntoIter<Key>),
-    /// A run file (whole keys only: checked when opened) and its path.
-    File(BufReader<File>, PathBuf),
+enum Source<'a> {
+    /// Sorted keys in memory.
+    Memory(std::iter::Copied<std::slice::Iter<'a, Key>>),
+    /// A run file (whole keys only: checked when opened), its path and the keys left to read.
+    File {
+        reader: BufReader<File>,
+        path: PathBuf,
+        left: u64,
+    },
 }
 
-impl Source {
+impl<'a> Source<'a> {
     fn next(&mut self) -> Result<Option<Key>> {
         match self {
             Source::Memory(it) => Ok(it.next()),
-            Source::File(r, path) => {
+            Source::File { left: 0, .. } => Ok(None),
+            Source::File { reader, path, left } => {
                 let mut b = [0u8; KEY_BYTES];
-                match r.read_exact(&mut b) {
-                    Ok(()) => Ok(Some(Key::from_bytes(&b))),
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+                match reader.read_exact(&mut b) {
+                    Ok(()) => {
+                        *left -= 1;
+                        Ok(Some(Key::from_bytes(&b)))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(Error::Internal(
+                        format!("{}: the run ended early (truncated)", path.display()),
+                    )),
                     Err(e) => Err(Error::io("cannot read", path, e)),
                 }
             }
         }
+    }
+
+    /// Splits an unread run file at its first key of room `room` or later: this source keeps
+    /// the keys before, the returned one (the same file, opened again) the rest.
+    fn split_at_room(&mut self, room: u64) -> Result<Source<'a>> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::FileExt;
+        let Source::File { reader, path, left } = self else {
+            return Err(Error::Internal("only a run file is split".into()));
+        };
+        let path: &Path = path;
+        let f = reader.get_ref();
+        let room_at = |i: u64| -> Result<u64> {
+            let mut b = [0u8; 8];
+            f.read_exact_at(&mut b, i * KEY_BYTES as u64)
+                .map_err(|e| Error::io("cannot read", path, e))?;
+            Ok(u64::from_le_bytes(b))
+        };
+        // Binary search for the first key whose room is not below `room`.
+        let (mut lo, mut hi) = (0u64, *left);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if room_at(mid)? < room {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut high = File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
+        high.seek(SeekFrom::Start(lo * KEY_BYTES as u64))
+            .map_err(|e| Error::io("cannot read", path, e))?;
+        let high = Source::File {
+            reader: BufReader::with_capacity(reader.capacity(), high),
+            path: path.to_path_buf(),
+            left: *left - lo,
+        };
+        *left = lo;
+        Ok(high)
     }
 }
 
@@ -547,6 +660,42 @@ mod tests {
     }
 
     #[test]
+    fn halves_of_the_key_space_resolve_as_one_merge() {
+        // 40 rooms, spilled runs and keys in memory: the final merge is cut at a room in the
+        // middle, each run file is split by binary search, and the halves' outcomes add up to
+        // the online rule's.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let spec: Vec<(u8, u8, u8, bool)> = (0..5000)
+            .map(|_| {
+                let r = next();
+                (
+                    (r % 40) as u8,
+                    (r >> 8) as u8 % 20,
+                    (r >> 16) as u8 % 3,
+                    r >> 24 & 1 == 1,
+                )
+            })
+            .collect();
+        let keys = keys_from(&spec, 3);
+        let (dropped, tallies) = online(&keys, 3);
+        for mem_keys in [300, 1700, 4999, 5000, 6000] {
+            let res = resolve(&keys, 3, mem_keys);
+            let got: Vec<u64> = (0..spec.len() as u64 + 2)
+                .filter(|&r| is_dropped(&res.dropped, r))
+                .collect();
+            assert_eq!(got, dropped, "{mem_keys} keys in memory");
+            assert_eq!(res.files, tallies);
+            assert_eq!(res.senders.iter().sum::<u64>(), dropped.len() as u64);
+        }
+    }
+
+    #[test]
     fn one_offset_in_two_files() {
         // Offset 7 of room 1: A (file 0), B (file 1), B, A; offset 8: C. Rows 1..=5.
         let keys = [
@@ -585,6 +734,53 @@ mod tests {
         f.set_len(KEY_BYTES as u64 + 7).unwrap();
         let e = idx.resolve(5, 1, 1).unwrap_err();
         assert!(e.to_string().contains("not a whole number of keys"), "{e}");
+    }
+
+    #[test]
+    fn a_run_cut_short_after_opening_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
+        idx.cap = 4;
+        for row in 0..4 {
+            idx.push(Key::new(1, row as i64, 0, row, 0, 0)).unwrap();
+        }
+        idx.wait().unwrap();
+        let mut sources = idx.open(&idx.runs, 1).unwrap();
+        // Whole keys, but fewer than when the run was opened.
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&idx.runs[0])
+            .unwrap();
+        f.set_len(2 * KEY_BYTES as u64).unwrap();
+        let s = &mut sources[0];
+        assert!(s.next().unwrap().is_some() && s.next().unwrap().is_some());
+        let e = s.next().unwrap_err();
+        assert!(e.to_string().contains("ended early"), "{e}");
+    }
+
+    #[test]
+    fn a_split_run_file_reads_each_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
+        idx.cap = 10;
+        for row in 0..10u64 {
+            idx.push(Key::new(row / 3, 0, 0, row, 0, 0)).unwrap();
+        }
+        idx.wait().unwrap();
+        let drain = |s: &mut Source| {
+            std::iter::from_fn(|| s.next().unwrap())
+                .map(|k| k.room)
+                .collect::<Vec<_>>()
+        };
+        // Rooms 0, 0, 0, 1, 1, 1, 2, 2, 2, 3 in one run, split before room 0, 2 and 9.
+        let all: Vec<u64> = (0..10).map(|r| r / 3).collect();
+        for (room, low_keys) in [(0, 0), (2, 6), (9, 10)] {
+            let mut low = idx.open(&idx.runs, 2).unwrap().remove(0);
+            let mut high = low.split_at_room(room).unwrap();
+            let (l, h) = (drain(&mut low), drain(&mut high));
+            assert_eq!(l, all[..low_keys], "split at room {room}");
+            assert_eq!(h, all[low_keys..], "split at room {room}");
+        }
     }
 
     #[test]
