@@ -897,10 +897,22 @@ pub struct FlatDict<'a> {
     scratch: &'a FlatScratch,
 }
 
+/// A dict's entries as views, on the stack for the usual record (no allocation per record).
+pub type Entries<'a> = smallvec::SmallVec<[(&'a str, ValueRef<'a>); 16]>;
+
 impl<'a> FlatDict<'a> {
     /// The entries in dict order.
-    pub fn entries(&self) -> Vec<(&'a str, ValueRef<'a>)> {
-        (0..self.entry_count()).map(|i| self.entry(i)).collect()
+    pub fn entries(&self) -> Entries<'a> {
+        let scratch: &'a FlatScratch = self.scratch;
+        let value = |v: &'a FlatValue| match v {
+            FlatValue::Str(p) => ValueRef::Str(self.piece(*p)),
+            FlatValue::Other(v) => ValueRef::Other(v),
+        };
+        scratch
+            .entries
+            .iter()
+            .map(|(k, v)| (self.piece(*k), value(v)))
+            .collect()
     }
 
     fn piece(&self, p: Piece) -> &'a str {
@@ -911,40 +923,6 @@ impl<'a> FlatDict<'a> {
             Piece::Text(a, b) => self.scratch.text.get(a..b),
         }
         .unwrap_or_default()
-    }
-}
-
-/// The entries of a parsed dict, read in place: a flat dict's need no `Vec` of views per record.
-pub trait DictEntries<'a> {
-    /// How many entries.
-    fn entry_count(&self) -> usize;
-    /// Entry `i` (below `entry_count()`) as key and value.
-    fn entry(&self, i: usize) -> (&'a str, ValueRef<'a>);
-}
-
-impl<'a> DictEntries<'a> for FlatDict<'a> {
-    fn entry_count(&self) -> usize {
-        self.scratch.entries.len()
-    }
-
-    fn entry(&self, i: usize) -> (&'a str, ValueRef<'a>) {
-        let scratch: &'a FlatScratch = self.scratch;
-        let (k, v) = &scratch.entries[i];
-        let value = match v {
-            FlatValue::Str(p) => ValueRef::Str(self.piece(*p)),
-            FlatValue::Other(v) => ValueRef::Other(v),
-        };
-        (self.piece(*k), value)
-    }
-}
-
-impl<'a> DictEntries<'a> for [(&'a str, ValueRef<'a>)] {
-    fn entry_count(&self) -> usize {
-        self.len()
-    }
-
-    fn entry(&self, i: usize) -> (&'a str, ValueRef<'a>) {
-        self[i]
     }
 }
 

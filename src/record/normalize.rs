@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono_tz::Tz;
 
-use super::literal::{DictEntries, Value, ValueRef, to_json};
+use super::literal::{Value, ValueRef, to_json};
 use super::time::{epoch_int_to_micros, epoch_to_micros, parse_time_str};
 use super::{Kind, Record, RecordRef};
 use crate::config::Settings;
@@ -156,30 +156,16 @@ impl Normalizer {
             .iter()
             .map(|(k, v)| (k.as_str(), ValueRef::of(v)))
             .collect();
-        self.normalize_ref(refs.as_slice(), origin)
+        self.normalize_ref(&refs, origin)
             .map(|r| r.to_owned_record())
     }
 
     /// Maps one parsed record onto the schema, borrowing its text from `entries` and `origin`.
-    pub fn normalize_ref<'a, E: DictEntries<'a> + ?Sized>(
+    pub fn normalize_ref<'a>(
         &self,
-        entries: &E,
+        entries: &[(&'a str, ValueRef<'a>)],
         origin: &Origin<'a>,
     ) -> Result<RecordRef<'a>, RecordReject> {
-        // Each entry is read once, into an array on the stack for the usual record.
-        const ON_STACK: usize = 16;
-        let n = entries.entry_count();
-        let mut stack = [("", ValueRef::Str("")); ON_STACK];
-        let heap: Vec<(&'a str, ValueRef<'a>)>;
-        let entries: &[(&'a str, ValueRef<'a>)] = if n <= ON_STACK {
-            for (i, slot) in stack[..n].iter_mut().enumerate() {
-                *slot = entries.entry(i);
-            }
-            &stack[..n]
-        } else {
-            heap = (0..n).map(|i| entries.entry(i)).collect();
-            &heap
-        };
         // best[i] = (priority, index into entries) of the winning alias of field i.
         let mut best: [Option<(usize, usize)>; 5] = [None; 5];
         for (i, &(k, _)) in entries.iter().enumerate() {

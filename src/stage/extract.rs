@@ -32,7 +32,7 @@ use crate::input::InputFile;
 use crate::layout::{Layout, WritebackFile, fsync_path, swap_into_place};
 use crate::lock::DateLock;
 use crate::record::clean::{clean_bytes, escape_raw};
-use crate::record::literal::{self, DictEntries, Drops, FlatScratch, Limits, Value, ValueRef};
+use crate::record::literal::{self, Drops, Entries, FlatScratch, Limits, Value, ValueRef};
 use crate::record::normalize::{Normalizer, Origin};
 use crate::record::schema::{BatchBuilder, staged_schema};
 use crate::record::{Kind, Record, RecordRef};
@@ -1368,45 +1368,32 @@ fn classify_line(
         return LineOut::Noise;
     };
     let mut drops = Drops::default();
-    let origin = Origin {
-        file_room: &f.room,
-        source_file: &f.rel,
-        line: line_no,
-        prefix_offset: prefix_offset(&line[..start]),
-    };
-    match literal::parse_flat_dict(line, start, limits, &mut drops, scratch) {
-        Some((end, dict)) => settle_record(normalizer, line, end, &dict, &origin, drops, on_record),
-        None => match literal::parse_dict(line, start, limits, &mut drops) {
-            Ok((owned, end)) => {
-                let refs: Vec<(&str, ValueRef<'_>)> = owned
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), ValueRef::of(v)))
-                    .collect();
-                settle_record(normalizer, line, end, &refs[..], &origin, drops, on_record)
-            }
-            Err(e) => LineOut::Reject(e.kind.code(), e.to_string()),
-        },
-    }
-}
-
-/// The rest of [`classify_line`] once the dict ending at byte `end` is parsed: nothing may
-/// follow it, and it must normalise.
-fn settle_record<'a, E: DictEntries<'a> + ?Sized>(
-    normalizer: &Normalizer,
-    line: &[u8],
-    end: usize,
-    entries: &E,
-    origin: &Origin<'a>,
-    drops: Drops,
-    on_record: impl FnOnce(RecordRef<'a>),
-) -> LineOut {
+    let owned;
+    let (entries, end): (Entries<'_>, usize) =
+        match literal::parse_flat_dict(line, start, limits, &mut drops, scratch) {
+            Some((end, dict)) => (dict.entries(), end),
+            None => match literal::parse_dict(line, start, limits, &mut drops) {
+                Ok((entries, end)) => {
+                    owned = entries;
+                    let refs = owned.iter().map(|(k, v)| (k.as_str(), ValueRef::of(v)));
+                    (refs.collect(), end)
+                }
+                Err(e) => return LineOut::Reject(e.kind.code(), e.to_string()),
+            },
+        };
     if !line[end..].trim_ascii().is_empty() {
         return LineOut::Reject(
             "trailing_garbage",
             format!("unexpected text after the record at byte {end}"),
         );
     }
-    match normalizer.normalize_ref(entries, origin) {
+    let origin = Origin {
+        file_room: &f.room,
+        source_file: &f.rel,
+        line: line_no,
+        prefix_offset: prefix_offset(&line[..start]),
+    };
+    match normalizer.normalize_ref(&entries, &origin) {
         Ok(r) => {
             on_record(r);
             LineOut::Record(drops)
