@@ -625,6 +625,17 @@ mod tests {
             .collect()
     }
 
+    /// An index under `dir` that spills a run every `cap` keys, given `keys`, its runs written.
+    fn spilled(dir: &Path, cap: usize, keys: impl IntoIterator<Item = Key>) -> DedupeIndex {
+        let mut idx = DedupeIndex::new(dir.join("d"), 0);
+        idx.cap = cap;
+        for k in keys {
+            idx.push(k).unwrap();
+        }
+        idx.wait().unwrap();
+        idx
+    }
+
     fn resolve(keys: &[Key], files: usize, mem_keys: usize) -> Resolution {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
@@ -739,12 +750,11 @@ mod tests {
     #[test]
     fn a_run_cut_short_after_opening_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
-        idx.cap = 4;
-        for row in 0..4 {
-            idx.push(Key::new(1, row as i64, 0, row, 0, 0)).unwrap();
-        }
-        idx.wait().unwrap();
+        let idx = spilled(
+            dir.path(),
+            4,
+            (0..4).map(|row| Key::new(1, row as i64, 0, row, 0, 0)),
+        );
         let mut sources = idx.open(&idx.runs, 1).unwrap();
         // Whole keys, but fewer than when the run was opened.
         let f = fs::OpenOptions::new()
@@ -761,12 +771,11 @@ mod tests {
     #[test]
     fn a_split_run_file_reads_each_key_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
-        idx.cap = 10;
-        for row in 0..10u64 {
-            idx.push(Key::new(row / 3, 0, 0, row, 0, 0)).unwrap();
-        }
-        idx.wait().unwrap();
+        let idx = spilled(
+            dir.path(),
+            10,
+            (0..10).map(|row| Key::new(row / 3, 0, 0, row, 0, 0)),
+        );
         let drain = |s: &mut Source| {
             std::iter::from_fn(|| s.next().unwrap())
                 .map(|k| k.room)
@@ -789,15 +798,10 @@ mod tests {
         // on 63 (126, 189) and on fewer (200: 137, 74, 11), none (61, 62).
         for runs in [61u64, 62, 63, 64, 126, 189, 200] {
             let dir = tempfile::tempdir().unwrap();
-            let mut idx = DedupeIndex::new(dir.path().join("d"), 0);
-            idx.cap = 1;
             // One key per run: offsets 0..runs/2, then again (exact duplicates) to the last run.
             let half = runs / 2;
-            for row in 0..runs {
-                idx.push(Key::new(1, (row % half) as i64, 9, row, 0, 0))
-                    .unwrap();
-            }
-            idx.wait().unwrap();
+            let keys = (0..runs).map(|row| Key::new(1, (row % half) as i64, 9, row, 0, 0));
+            let idx = spilled(dir.path(), 1, keys);
             assert_eq!(idx.runs.len() as u64, runs);
             let res = idx.resolve(runs, 1, 1).unwrap();
             assert_eq!(res.dropped_rows, runs - half, "{runs} runs");
