@@ -720,6 +720,60 @@ fn write_is_deterministic_and_manifest_matches() {
     );
 }
 
+/// `write` reads the staged records without arrow's validation and checks them itself: staged
+/// text damaged after extract (a byte that is never UTF-8, or a lone continuation byte in place
+/// of a Hangul syllable's first byte) is a data error, and the committed date stays as it was.
+#[test]
+fn damaged_staged_text_is_a_data_error_and_keeps_the_previous_date() {
+    let line = |i: usize| format!("{{'user': 'u{}', 'message': 'mark{i:04} 가나'}}\n", i % 3);
+    let text: String = (0..50).map(line).collect();
+    let (dir, input, out) = fixture(text.as_bytes(), "chat_2024-10-24.log");
+    let stages = |stages: &[&str]| {
+        for stage in stages {
+            let o = run(
+                dir.path(),
+                &args(&input, &out, &[stage, "--date", "2024-10-24"]),
+            );
+            assert_eq!(code(&o), 0, "{stage}: {}", stderr(&o));
+        }
+    };
+    stages(&["extract", "write"]);
+    let date_dir = out.join("messages/date=2024-10-24");
+    let before = snapshot(&date_dir);
+    assert_eq!(assert_complete_date(&date_dir), 50);
+    let staged = out.join("_staging/date=2024-10-24/records.arrow");
+    let pristine = fs::read(&staged).unwrap();
+    let at = |needle: &[u8]| {
+        pristine
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the message is in the staged file")
+    };
+    let not_utf8 = at(b"mark0007");
+    let split = at("mark0011 가나".as_bytes()) + "mark0011 가".len();
+    for (pos, byte, want) in [(not_utf8, 0xFF, "not UTF-8"), (split, 0x80, "not UTF-8")] {
+        let mut damaged = pristine.clone();
+        damaged[pos] = byte;
+        fs::write(&staged, &damaged).unwrap();
+        let o = run(
+            dir.path(),
+            &args(&input, &out, &["write", "--date", "2024-10-24"]),
+        );
+        assert_eq!(code(&o), 65, "{}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("unreadable staged records: column message: ")
+                && stderr(&o).contains(want),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(snapshot(&date_dir), before, "the committed date changed");
+    }
+    fs::write(&staged, &pristine).unwrap();
+    stages(&["write"]);
+    assert_eq!(assert_complete_date(&date_dir), 50);
+}
+
 /// Every file under `root` with its bytes and modification time.
 fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
     let mut out = Vec::new();

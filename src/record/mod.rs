@@ -1,6 +1,7 @@
 //! The record model every stage shares: the parsed literal, cleaning, normalisation onto one
 //! schema, and the Arrow schema itself.
 
+pub mod check;
 pub mod clean;
 pub mod literal;
 pub mod normalize;
