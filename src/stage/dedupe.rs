@@ -11,7 +11,7 @@
 //! the rows dropped.)
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -150,11 +150,13 @@ impl Drop for DedupeIndex {
 
 impl DedupeIndex {
     /// An empty index that spills into `dir` (created when first needed) once its keys exceed
-    /// `mem_bytes`: keys arrive in one half while the other half is sorted and written.
+    /// `mem_bytes`: keys arrive in one third while another is sorted into the last and written.
     pub fn new(dir: PathBuf, mem_bytes: usize) -> DedupeIndex {
         DedupeIndex {
             buf: Vec::new(),
-            cap: (mem_bytes / 2 / std::mem::size_of::<Key>()).max(1024),
+            // A third for the keys arriving, a third for the run being sorted, a third for the
+            // copy `sort_keys` sorts into.
+            cap: (mem_bytes / 3 / std::mem::size_of::<Key>()).max(1024),
             dir,
             runs: Vec::new(),
             written: 0,
@@ -162,7 +164,7 @@ impl DedupeIndex {
         }
     }
 
-    /// Notes one key; when the keys in memory fill their half of the budget, they are sorted and
+    /// Notes one key; when the keys in memory fill their third of the budget, they are sorted and
     /// spilled on another thread.
     pub fn push(&mut self, k: Key) -> Result<()> {
         if self.buf.capacity() == 0 {
@@ -170,15 +172,14 @@ impl DedupeIndex {
         }
         self.buf.push(k);
         if self.buf.len() >= self.cap {
-            // One run in the works at a time: two halves of the budget at most.
+            // One run in the works at a time: the keys arriving, plus the run and its sorted
+            // copy, are three thirds of the budget at most.
             self.wait()?;
-            let mut keys = std::mem::take(&mut self.buf);
+            let keys = std::mem::take(&mut self.buf);
             let path = self.next_run()?;
             let run = path.clone();
-            let sorter = std::thread::Builder::new().spawn(move || {
-                keys.sort_unstable_by_key(Key::order);
-                write_keys(&run, keys.into_iter().map(Ok))
-            });
+            let sorter = std::thread::Builder::new()
+                .spawn(move || write_keys(&run, sort_keys(keys).into_iter().map(Ok)));
             let sorter = sorter.map_err(|e| Error::io("cannot start a thread for", &path, e))?;
             self.pending = Some((path, sorter));
         }
@@ -243,15 +244,19 @@ impl DedupeIndex {
     /// senders, and removes the spill files.
     pub fn resolve(mut self, rows: u64, files: usize, senders: usize) -> Result<Resolution> {
         // The keys still in memory are sorted in two halves on two threads (the sort was most of
-        // the time the extract waits here), and merged with the runs; the last spilled run may
-        // still be sorting meanwhile.
-        let mut first = std::mem::take(&mut self.buf);
-        let mut second = first.split_off(first.len() / 2);
-        std::thread::scope(|s| {
-            s.spawn(|| first.sort_unstable_by_key(Key::order));
-            second.sort_unstable_by_key(Key::order);
-        });
+        // the time the extract waits here), and merged with the runs. The last spilled run is
+        // finished first: with it and its sorted copy still in memory, the halves and their
+        // copies would take the index over its budget.
         self.wait()?;
+        let mut first = std::mem::take(&mut self.buf);
+        let second = first.split_off(first.len() / 2);
+        let (first, second) = std::thread::scope(|s| {
+            let first = s.spawn(|| sort_keys(first));
+            let second = sort_keys(second);
+            (first.join(), second)
+        });
+        let first =
+            first.map_err(|_| Error::Internal("the duplicate-key sorter panicked".into()))?;
         // Too many runs for one merge with the two halves in memory (a small budget and a big
         // day): merge the oldest FAN_IN (or all) into one longer run until few enough are left.
         while self.runs.len() + 2 > FAN_IN {
@@ -302,6 +307,45 @@ impl DedupeIndex {
         }
         Ok(res)
     }
+}
+
+/// Sorts keys by [`Key::order`] into a new vector. The keys are placed by room first (a counting
+/// sort, rooms in order), then each room's keys are sorted: keys that arrive in offset order, as
+/// a Kafka consumer writes them, are found in order in one pass (the standard sort checks for
+/// that first), where one sort of all the keys compared and moved each key some twenty times.
+/// More distinct rooms than a sixteenth of the keys take that one sort.
+fn sort_keys(mut keys: Vec<Key>) -> Vec<Key> {
+    type Rooms = HashMap<u64, usize, foldhash::fast::FixedState>;
+    let mut rooms = Rooms::default();
+    let most = keys.len() / 16 + 1;
+    for k in &keys {
+        *rooms.entry(k.room).or_insert(0) += 1;
+        if rooms.len() > most {
+            keys.sort_unstable_by_key(Key::order);
+            return keys;
+        }
+    }
+    // Each room's first place in the output, rooms in order.
+    let mut by_room: Vec<(u64, usize)> = rooms.iter().map(|(&r, &n)| (r, n)).collect();
+    by_room.sort_unstable();
+    let mut at = 0;
+    for (room, n) in &by_room {
+        rooms.insert(*room, at);
+        at += n;
+    }
+    let mut out = vec![Key::new(0, 0, 0, 0, 0, 0); keys.len()];
+    for k in &keys {
+        let next = rooms.get_mut(&k.room).expect("every room was counted");
+        out[*next] = *k;
+        *next += 1;
+    }
+    drop(keys);
+    let mut start = 0;
+    for (_, n) in by_room {
+        out[start..start + n].sort_unstable_by_key(Key::order);
+        start += n;
+    }
+    out
 }
 
 /// Visits the merged keys of `sources` group by group into `res`.
@@ -651,6 +695,29 @@ mod tests {
     }
 
     proptest! {
+        /// `sort_keys` gives the order of one sort of all the keys: few rooms or many (the
+        /// fallback), offsets in arrival order or not, with repeated (room, offset, content).
+        #[test]
+        fn sort_keys_is_the_order_of_one_sort(
+            spec in proptest::collection::vec((0u64..4, 0i64..6, 0u64..3), 0..400),
+            many_rooms in any::<bool>(),
+            offsets_in_order in any::<bool>(),
+        ) {
+            let keys: Vec<Key> = spec
+                .iter()
+                .enumerate()
+                .map(|(i, &(room, off, content))| {
+                    let room = if many_rooms { (i as u64 * 7919) % 1021 } else { room << 40 };
+                    let off = if offsets_in_order { i as i64 / 3 } else { off };
+                    Key::new(room, off, content, i as u64, (i % 3) as u32, (i % 5) as u32)
+                        .with_flags(i % 2 == 0, i % 7 == 0)
+                })
+                .collect();
+            let mut want = keys.clone();
+            want.sort_unstable_by_key(Key::order);
+            prop_assert_eq!(sort_keys(keys), want);
+        }
+
         #[test]
         fn same_as_the_online_rule(
             spec in proptest::collection::vec((0u8..3, 0u8..5, 0u8..4, any::<bool>()), 0..300),
