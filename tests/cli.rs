@@ -751,7 +751,7 @@ fn damaged_staged_text_is_a_data_error_and_keeps_the_previous_date() {
     };
     let not_utf8 = at(b"mark0007");
     let split = at("mark0011 가나".as_bytes()) + "mark0011 가".len();
-    for (pos, byte, want) in [(not_utf8, 0xFF, "not UTF-8"), (split, 0x80, "not UTF-8")] {
+    for (pos, byte) in [(not_utf8, 0xFF), (split, 0x80)] {
         let mut damaged = pristine.clone();
         damaged[pos] = byte;
         fs::write(&staged, &damaged).unwrap();
@@ -762,8 +762,7 @@ fn damaged_staged_text_is_a_data_error_and_keeps_the_previous_date() {
         assert_eq!(code(&o), 65, "{}", stderr(&o));
         assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
         assert!(
-            stderr(&o).contains("unreadable staged records: column message: ")
-                && stderr(&o).contains(want),
+            stderr(&o).contains("unreadable staged records: column message: not UTF-8"),
             "{}",
             stderr(&o)
         );
