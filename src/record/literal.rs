@@ -865,20 +865,39 @@ impl<'a> ValueRef<'a> {
     }
 }
 
-/// Where a decoded string of a flat parse lives.
+/// Where a decoded string of a flat parse lives: verbatim in the input (no escape, nothing
+/// dropped) or in the scratch text. One word, so that it passes in registers: the top bit for
+/// the text, 31 bits of start and 32 of end. (An enum of two `usize`s went through the stack,
+/// and reading it back stalled on store forwarding, a third of the flat parse.) Inputs of
+/// `FLAT_MAX_INPUT` bytes or more take the general parser.
 #[derive(Debug, Clone, Copy)]
-enum Piece {
-    /// Verbatim in the input: no escape, nothing dropped.
-    Input(usize, usize),
-    /// In the scratch text.
-    Text(usize, usize),
+struct Piece(u64);
+
+const PIECE_TEXT: u64 = 1 << 63;
+/// The flat parse takes inputs shorter than this: every offset fits in 31 bits.
+const FLAT_MAX_INPUT: usize = 1 << 31;
+
+impl Piece {
+    fn input(a: usize, b: usize) -> Piece {
+        Piece(((a as u64) << 32) | b as u64)
+    }
+    fn text(a: usize, b: usize) -> Piece {
+        Piece(PIECE_TEXT | ((a as u64) << 32) | b as u64)
+    }
+    fn in_text(self) -> bool {
+        self.0 & PIECE_TEXT != 0
+    }
+    fn range(self) -> std::ops::Range<usize> {
+        ((self.0 >> 32) as u32 & !(1 << 31)) as usize..self.0 as u32 as usize
+    }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum FlatValue {
     Str(Piece),
-    /// Never a string, a list or a dict.
-    Other(Value),
+    /// Never a string, a list or a dict: an index into the scratch values (small, so that an
+    /// entry is built in registers).
+    Other(u32),
 }
 
 /// Reusable buffers of [`parse_flat_dict`]: a dict of scalars parses without allocating.
@@ -886,6 +905,8 @@ enum FlatValue {
 pub struct FlatScratch {
     /// Strings that are not verbatim input (escapes, dropped characters).
     text: String,
+    /// Values other than strings.
+    values: Vec<Value>,
     entries: Vec<(Piece, FlatValue)>,
 }
 
@@ -904,23 +925,23 @@ impl<'a> FlatDict<'a> {
     /// The entries in dict order.
     pub fn entries(&self) -> Entries<'a> {
         let scratch: &'a FlatScratch = self.scratch;
-        let value = |v: &'a FlatValue| match v {
-            FlatValue::Str(p) => ValueRef::Str(self.piece(*p)),
-            FlatValue::Other(v) => ValueRef::Other(v),
+        let value = |v: FlatValue| match v {
+            FlatValue::Str(p) => ValueRef::Str(self.piece(p)),
+            FlatValue::Other(i) => ValueRef::Other(&scratch.values[i as usize]),
         };
         scratch
             .entries
             .iter()
-            .map(|(k, v)| (self.piece(*k), value(v)))
+            .map(|&(k, v)| (self.piece(k), value(v)))
             .collect()
     }
 
     fn piece(&self, p: Piece) -> &'a str {
         // Pieces end on character boundaries (quotes, backslashes and control characters are
         // ASCII), so these never fail; a failure would give an empty string, not a panic.
-        match p {
-            Piece::Input(a, b) => self.input.get(a..b),
-            Piece::Text(a, b) => self.scratch.text.get(a..b),
+        match p.in_text() {
+            false => self.input.get(p.range()),
+            true => self.scratch.text.get(p.range()),
         }
         .unwrap_or_default()
     }
@@ -968,9 +989,9 @@ impl PieceSink<'_, '_> {
 
     fn finish(self) -> Piece {
         match self.state {
-            PieceState::Empty => Piece::Text(0, 0),
-            PieceState::Input(a, b) => Piece::Input(a, b),
-            PieceState::Text(a) => Piece::Text(a, self.text.len()),
+            PieceState::Empty => Piece::text(0, 0),
+            PieceState::Input(a, b) => Piece::input(a, b),
+            PieceState::Text(a) => Piece::text(a, self.text.len()),
         }
     }
 }
@@ -1022,9 +1043,35 @@ pub fn parse_flat_dict<'a>(
     drops: &mut Drops,
     scratch: &'a mut FlatScratch,
 ) -> Option<(usize, FlatDict<'a>)> {
+    let valid = simdutf8::basic::from_utf8(input).ok();
+    flat_dict(input, valid, start, limits, drops, scratch)
+}
+
+/// [`parse_flat_dict`] of text already known to be UTF-8 (a line of a chunk that was checked
+/// whole: one check of a few MiB costs a fraction of one per line).
+pub fn parse_flat_dict_str<'a>(
+    input: &'a str,
+    start: usize,
+    limits: &Limits,
+    drops: &mut Drops,
+    scratch: &'a mut FlatScratch,
+) -> Option<(usize, FlatDict<'a>)> {
+    flat_dict(input.as_bytes(), Some(input), start, limits, drops, scratch)
+}
+
+/// `valid` is `input` as text when it is UTF-8, else `None`.
+fn flat_dict<'a>(
+    input: &'a [u8],
+    valid: Option<&'a str>,
+    start: usize,
+    limits: &Limits,
+    drops: &mut Drops,
+    scratch: &'a mut FlatScratch,
+) -> Option<(usize, FlatDict<'a>)> {
     scratch.text.clear();
+    scratch.values.clear();
     scratch.entries.clear();
-    if limits.max_depth == 0 {
+    if limits.max_depth == 0 || input.len() >= FLAT_MAX_INPUT {
         return None;
     }
     let mut local = Drops::default();
@@ -1032,7 +1079,6 @@ pub fn parse_flat_dict<'a>(
     if p.peek_token().ok()? != b'{' {
         return None;
     }
-    let valid = simdutf8::basic::from_utf8(input).ok();
     p.pos += 1;
     let mut closed = p.peek_token().ok()? == b'}';
     while !closed {
@@ -1052,7 +1098,12 @@ pub fn parse_flat_dict<'a>(
             // Bytes literals and containers: the general parser.
             Some(true) => return None,
             None if matches!(b, b'{' | b'[' | b'(') => return None,
-            None => FlatValue::Other(p.parse_scalar(b).ok()?),
+            // (Bounded: a line of one key repeated would otherwise pile up replaced values.)
+            None if scratch.values.len() >= FLAT_MAX_ENTRIES => return None,
+            None => {
+                scratch.values.push(p.parse_scalar(b).ok()?);
+                FlatValue::Other(scratch.values.len() as u32 - 1)
+            }
         };
         // Python's rule for a repeated key: the last value, at the first key's place.
         let text = scratch.text.as_str();
@@ -1074,15 +1125,18 @@ pub fn parse_flat_dict<'a>(
     }
     // At the closing brace.
     let end = p.pos + 1;
+    if scratch.text.len() >= FLAT_MAX_INPUT {
+        return None;
+    }
     drops.add(&local);
     let input = valid.unwrap_or_default();
     Some((end, FlatDict { input, scratch }))
 }
 
 fn piece_bytes<'a>(input: &'a [u8], text: &'a str, p: Piece) -> &'a [u8] {
-    match p {
-        Piece::Input(a, b) => input.get(a..b),
-        Piece::Text(a, b) => text.as_bytes().get(a..b),
+    match p.in_text() {
+        false => input.get(p.range()),
+        true => text.as_bytes().get(p.range()),
     }
     .unwrap_or_default()
 }
@@ -1653,6 +1707,39 @@ mod tests {
         prop::collection::vec(prop::sample::select(alphabet.to_vec()), 0..256)
     }
 
+    #[test]
+    fn a_key_repeated_without_end_leaves_the_flat_path_with_bounded_scratch() {
+        let line = format!("{{{}'a': 1}}", "'a': 0, ".repeat(1000));
+        let (limits, mut scratch) = (Limits::default(), FlatScratch::default());
+        let flat = parse_flat_dict(
+            line.as_bytes(),
+            0,
+            &limits,
+            &mut Drops::default(),
+            &mut scratch,
+        );
+        assert!(flat.is_none());
+        assert!(scratch.values.len() <= FLAT_MAX_ENTRIES);
+        // The general parser gives the answer: the last value.
+        let (entries, _) = parse_dict(line.as_bytes(), 0, &limits, &mut Drops::default()).unwrap();
+        assert_eq!(entries, vec![("a".to_string(), Value::Int(1))]);
+    }
+
+    #[test]
+    fn pieces_keep_their_place_and_side() {
+        let top = FLAT_MAX_INPUT - 1;
+        for (a, b) in [(0, 0), (3, 17), (top, top), (0, top)] {
+            assert_eq!(
+                (Piece::input(a, b).in_text(), Piece::input(a, b).range()),
+                (false, a..b)
+            );
+            assert_eq!(
+                (Piece::text(a, b).in_text(), Piece::text(a, b).range()),
+                (true, a..b)
+            );
+        }
+    }
+
     /// The flat path either declines or gives exactly what the general parser gives.
     fn flat_agrees(bytes: &[u8]) -> Result<bool, TestCaseError> {
         let limits = Limits::default();
@@ -1679,6 +1766,21 @@ mod tests {
             // Debug, so that NaN equals NaN.
             prop_assert_eq!(format!("{flat:?}"), format!("{entries:?}"), "{}", text);
             prop_assert_eq!((end, flat_drops), (general_end, general_drops), "{}", text);
+            // Text already known to be UTF-8 takes the same path to the same answer.
+            if let Ok(s) = std::str::from_utf8(bytes) {
+                let (mut str_drops, mut str_scratch) = (Drops::default(), FlatScratch::default());
+                let r = parse_flat_dict_str(s, start, &limits, &mut str_drops, &mut str_scratch);
+                let Some((str_end, dict)) = r else {
+                    return Err(TestCaseError::fail(format!("str path declined {text}")));
+                };
+                let via_str: Vec<(String, Value)> = dict
+                    .entries()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect();
+                prop_assert_eq!(format!("{via_str:?}"), format!("{flat:?}"), "{}", text);
+                prop_assert_eq!((str_end, str_drops), (end, flat_drops), "{}", text);
+            }
         }
         Ok(taken)
     }
