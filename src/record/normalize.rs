@@ -88,10 +88,24 @@ struct Aliases {
 }
 
 impl Aliases {
+    /// The key's bytes as a zero-padded little-endian integer (keys of at most 8 bytes). Built
+    /// from loads of the key itself, two that overlap: copying the key into a zeroed stack
+    /// buffer and loading that back stalled on store forwarding, a third of `normalize_ref`.
     fn word(k: &[u8]) -> u64 {
-        let mut b = [0u8; 8];
-        b[..k.len()].copy_from_slice(k);
-        u64::from_le_bytes(b)
+        let n = k.len();
+        match n {
+            0 => 0,
+            1..=3 => {
+                let byte = |i: usize| u64::from(k[i]) << (8 * i);
+                byte(0) | byte(n / 2) | byte(n - 1)
+            }
+            4..=7 => {
+                let at =
+                    |i: usize| u64::from(u32::from_le_bytes([k[i], k[i + 1], k[i + 2], k[i + 3]]));
+                at(0) | at(n - 4) << (8 * (n - 4))
+            }
+            _ => u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]]),
+        }
     }
 
     /// Adds `key` unless it is already there (the first field and priority listed wins).
@@ -295,6 +309,19 @@ fn trim(s: Cow<'_, str>) -> Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::cli::GlobalArgs;
+
+    #[test]
+    fn alias_words_are_the_zero_padded_bytes() {
+        let bytes = "tsé사\u{1}\u{ff}zq".as_bytes();
+        for start in 0..bytes.len() {
+            for n in 0..=8.min(bytes.len() - start) {
+                let k = &bytes[start..start + n];
+                let mut b = [0u8; 8];
+                b[..n].copy_from_slice(k);
+                assert_eq!(Aliases::word(k), u64::from_le_bytes(b), "{k:?}");
+            }
+        }
+    }
 
     fn normalizer() -> Normalizer {
         let args = GlobalArgs {
