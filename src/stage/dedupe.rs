@@ -127,7 +127,7 @@ pub struct Resolution {
 /// records.
 const FAN_IN: usize = 64;
 /// Most rooms whose last offset the index follows (see `DedupeIndex::rising`).
-const RISING_ROOMS: usize = 1 << 16;
+const RISING_ROOMS: usize = 1 << 12;
 
 /// Last offset pushed per room.
 type LastOffsets = HashMap<u64, i64, foldhash::fast::FixedState>;
