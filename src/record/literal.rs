@@ -1740,6 +1740,14 @@ mod tests {
         }
     }
 
+    /// A flat dict's entries as owned values.
+    fn owned(dict: &FlatDict<'_>) -> Vec<(String, Value)> {
+        dict.entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_value()))
+            .collect()
+    }
+
     /// The flat path either declines or gives exactly what the general parser gives.
     fn flat_agrees(bytes: &[u8]) -> Result<bool, TestCaseError> {
         let limits = Limits::default();
@@ -1758,11 +1766,7 @@ mod tests {
             let Ok((entries, general_end)) = general else {
                 return Err(TestCaseError::fail(format!("flat accepted {text}")));
             };
-            let flat: Vec<(String, Value)> = dict
-                .entries()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_value()))
-                .collect();
+            let flat = owned(&dict);
             // Debug, so that NaN equals NaN.
             prop_assert_eq!(format!("{flat:?}"), format!("{entries:?}"), "{}", text);
             prop_assert_eq!((end, flat_drops), (general_end, general_drops), "{}", text);
@@ -1773,11 +1777,7 @@ mod tests {
                 let Some((str_end, dict)) = r else {
                     return Err(TestCaseError::fail(format!("str path declined {text}")));
                 };
-                let via_str: Vec<(String, Value)> = dict
-                    .entries()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_value()))
-                    .collect();
+                let via_str = owned(&dict);
                 prop_assert_eq!(format!("{via_str:?}"), format!("{flat:?}"), "{}", text);
                 prop_assert_eq!((str_end, str_drops), (end, flat_drops), "{}", text);
             }

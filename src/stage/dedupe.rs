@@ -730,6 +730,24 @@ mod tests {
         res
     }
 
+    /// Resolves `keys` and checks the rows dropped and the per-file tallies against the online
+    /// rule; gives the resolution.
+    fn agrees_with_online(
+        keys: &[Key],
+        files: usize,
+        mem_keys: usize,
+    ) -> Result<Resolution, TestCaseError> {
+        let (dropped, tallies) = online(keys, files);
+        let res = resolve(keys, files, mem_keys);
+        let got: Vec<u64> = (0..keys.len() as u64 + 2)
+            .filter(|&r| is_dropped(&res.dropped, r))
+            .collect();
+        prop_assert_eq!(&got, &dropped);
+        prop_assert_eq!(res.dropped_rows, dropped.len() as u64);
+        prop_assert_eq!(&res.files, &tallies);
+        Ok(res)
+    }
+
     proptest! {
         /// `sort_keys` gives the order of one sort of all the keys: few rooms or many (the
         /// fallback), offsets in arrival order or not, with repeated (room, offset, content).
@@ -760,16 +778,9 @@ mod tests {
             mem_keys in 1usize..64,
         ) {
             let keys = keys_from(&spec, 3);
-            let (dropped, tallies) = online(&keys, 3);
-            let res = resolve(&keys, 3, mem_keys);
-            let got: Vec<u64> = (0..spec.len() as u64 + 2)
-                .filter(|&r| is_dropped(&res.dropped, r))
-                .collect();
-            prop_assert_eq!(&got, &dropped);
-            prop_assert_eq!(res.dropped_rows, dropped.len() as u64);
-            prop_assert_eq!(&res.files, &tallies);
+            let res = agrees_with_online(&keys, 3, mem_keys)?;
             let by_sender: u64 = res.senders.iter().sum();
-            prop_assert_eq!(by_sender, dropped.len() as u64);
+            prop_assert_eq!(by_sender, res.dropped_rows);
         }
     }
 
@@ -796,14 +807,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let idx = spilled(dir.path(), mem_keys, keys.iter().copied());
             prop_assert_eq!(idx.rising.is_some(), back.is_none());
-            let (dropped, tallies) = online(&keys, 1);
-            let res = resolve(&keys, 1, mem_keys);
-            let got: Vec<u64> = (0..keys.len() as u64 + 2)
-                .filter(|&r| is_dropped(&res.dropped, r))
-                .collect();
-            prop_assert_eq!(&got, &dropped);
-            prop_assert_eq!(res.dropped_rows, dropped.len() as u64);
-            prop_assert_eq!(&res.files, &tallies);
+            agrees_with_online(&keys, 1, mem_keys)?;
         }
     }
 
