@@ -3,10 +3,10 @@
 //! Rows are ordered by (sender, ts, source_file, source_line) with an external merge sort: the
 //! staged records are cut into runs that fit the memory budget, each run is sorted, runs that do
 //! not all fit are spilled to Arrow IPC files, and a k-way merge streams the rows out sender by
-//! sender into `sender_id=<escaped>/part-00000.parquet`. While the merge goes on, encoder threads
-//! (one per core) compress row groups, whichever sender they belong to, and a writer thread
-//! appends them to their files in order. Memory stays bounded by the budget whatever the number
-//! of senders or rows.
+//! sender into `sender_id=<escaped>/part-00000.parquet`. Every run is cut at the same sender
+//! names into ranges of about equal rows (chosen from the first run), so the merge goes range by
+//! range on one lane per core, each merging, encoding and writing its ranges' files on its own.
+//! Memory stays bounded by the budget whatever the number of senders or rows.
 //!
 //! The whole date is built in a temporary directory under the output root; every file is
 //! fsynced, `_SUCCESS` is written last, and one atomic exchange puts the directory at
@@ -52,8 +52,8 @@ pub const SUCCESS_FILE: &str = "_SUCCESS";
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Rows per batch produced by the merge, and most rows per batch of a sorted run.
 const MERGE_BATCH_ROWS: usize = 8 * 1024;
-/// Pieces of a row group queued for its encoder when there is only one encoder.
-const PIECES_QUEUED_ALONE: usize = 4;
+/// Sender ranges per lane: enough that the lanes end close together, whatever the ranges' sizes.
+const RANGES_PER_LANE: usize = 4;
 /// Fewest rows per batch of a spilled run, however many runs there are.
 const MIN_MERGE_BATCH_ROWS: usize = 64;
 
@@ -231,20 +231,31 @@ fn build(
     let staged_bytes = fs::metadata(&staged)
         .map_err(|e| Error::io("cannot read", &staged, e))?
         .len();
-    let chunk_rows = merge_chunk_rows(staged_bytes, summary.totals.records, run_bytes, budget);
+    let lanes = lanes(budget);
+    let chunk_rows = merge_chunk_rows(
+        staged_bytes,
+        summary.totals.records,
+        run_bytes,
+        budget / lanes,
+    );
     let (runs, names) = make_runs(
         &staged,
         dropped.as_deref(),
         RunSizes {
             run_bytes,
             chunk_rows,
+            parts: if lanes > 1 {
+                RANGES_PER_LANE * lanes
+            } else {
+                1
+            },
         },
         sorters,
         &spill_dir,
     )?;
     let ranks = Ranks::new(names);
     let progress = crate::progress::rows(summary.totals.staged, "write");
-    let mut files = merge_and_write(runs, &ranks, tmp, budget, &progress)?;
+    let mut files = merge_and_write(runs, &ranks, tmp, lanes, &progress)?;
     progress.finish_and_clear();
     if spill_dir.exists() {
         fs::remove_dir_all(&spill_dir).map_err(|e| Error::io("cannot remove", &spill_dir, e))?;
@@ -281,9 +292,9 @@ fn build(
     Ok(manifest)
 }
 
-/// Rows per batch of a spilled run. The merge holds one batch of every run: when a big day in a
-/// small budget makes many runs, their batches get shorter, so that together they stay within
-/// a quarter of the budget (down to MIN_MERGE_BATCH_ROWS rows).
+/// Rows per batch of a spilled run. Each lane's merge holds one batch of every run: when a big
+/// day in a small budget makes many runs, their batches get shorter, so that together they stay
+/// within a quarter of the lane's `budget` (down to MIN_MERGE_BATCH_ROWS rows).
 fn merge_chunk_rows(staged_bytes: u64, staged_rows: u64, run_bytes: usize, budget: usize) -> usize {
     let runs = staged_bytes.div_ceil(run_bytes.max(1) as u64).max(1);
     let row_bytes = (staged_bytes / staged_rows.max(1)).max(1);
@@ -291,15 +302,26 @@ fn merge_chunk_rows(staged_bytes: u64, staged_rows: u64, run_bytes: usize, budge
     (rows.min(MERGE_BATCH_ROWS as u64) as usize).max(MIN_MERGE_BATCH_ROWS)
 }
 
-/// How `make_runs` cuts: bytes of staged rows per run, rows per batch of a spilled run.
+/// How `make_runs` cuts: bytes of staged rows per run, rows per batch of a spilled run, and
+/// about how many sender ranges (of equal rows) to cut every run into.
 #[derive(Clone, Copy)]
 struct RunSizes {
     run_bytes: usize,
     chunk_rows: usize,
+    parts: usize,
 }
 
-/// A sorted run: in memory or spilled to an IPC file.
-enum Run {
+/// A sorted run, cut where each sender range begins: its batches (in memory or spilled to an IPC
+/// file, one block per batch), the first batch of every range with one more index at the end,
+/// and the rows of every range.
+struct Run {
+    blocks: Blocks,
+    starts: Vec<usize>,
+    rows: Vec<u64>,
+}
+
+/// Where a run's batches are.
+enum Blocks {
     Memory(Vec<RecordBatch>),
     Spilled(PathBuf),
 }
@@ -391,6 +413,7 @@ fn make_runs(
     let RunSizes {
         run_bytes,
         chunk_rows,
+        parts,
     } = sizes;
     let file = File::open(staged).map_err(|e| Error::io("cannot read", staged, e))?;
     let unreadable = |e: &dyn std::fmt::Display| {
@@ -420,23 +443,24 @@ fn make_runs(
     std::thread::scope(|scope| {
         let (mut queues, mut handles) = (Vec::new(), Vec::new());
         for _ in 0..sorters.max(1) {
-            // (run number, its batches, whether it is the last)
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<RecordBatch>, bool)>(0);
+            // (run number, its batches, whether it is the last, the sender ranges)
+            let (tx, rx) = std::sync::mpsc::sync_channel::<RunJob>(0);
             queues.push(tx);
             handles.push(scope.spawn(move || -> Result<(Vec<(usize, Run)>, Names)> {
                 let (mut runs, mut names) = (Vec::new(), Names::default());
-                for (n, batches, last) in rx {
+                for (n, batches, last, bounds) in rx {
                     let run = if n == 0 && last {
-                        let mut sorted = Vec::new();
-                        sort_run(batches, &mut names, MERGE_BATCH_ROWS, |b| {
-                            sorted.push(b);
-                            Ok(())
-                        })
-                        .map(|()| Run::Memory(sorted))
+                        sort_run(batches, &mut names, MERGE_BATCH_ROWS, &bounds).map(
+                            |(sorted, starts, rows)| Run {
+                                blocks: Blocks::Memory(sorted),
+                                starts,
+                                rows,
+                            },
+                        )
                     } else if batches.is_empty() {
                         continue;
                     } else {
-                        spill_run(batches, &mut names, spill_dir, n, chunk_rows)
+                        spill_run(batches, &mut names, spill_dir, n, chunk_rows, &bounds)
                     };
                     match run {
                         Ok(run) => runs.push((n, run)),
@@ -449,9 +473,15 @@ fn make_runs(
                 Ok((runs, names))
             }));
         }
-        let send = |n: usize, batches: Vec<RecordBatch>, last: bool| {
+        // The sender names where ranges begin, chosen from the first run (a stretch of the day
+        // whose senders stand for the day's) and the same for every run.
+        let mut bounds: Option<Arc<Vec<String>>> = None;
+        let mut send = |n: usize, batches: Vec<RecordBatch>, last: bool| {
+            let bounds = bounds
+                .get_or_insert_with(|| Arc::new(range_bounds(&batches, parts)))
+                .clone();
             queues[n % queues.len()]
-                .send((n, batches, last))
+                .send((n, batches, last, bounds))
                 .map_err(|_| stopped())
         };
         let read = (|| -> Result<()> {
@@ -499,7 +529,15 @@ fn make_runs(
         read?;
         runs.sort_by_key(|(n, _)| *n);
         match runs.as_slice() {
-            [(_, Run::Memory(_))] => tracing::info!("sorted in memory (one run)"),
+            [
+                (
+                    _,
+                    Run {
+                        blocks: Blocks::Memory(_),
+                        ..
+                    },
+                ),
+            ] => tracing::info!("sorted in memory (one run)"),
             _ => tracing::info!(
                 "sorted in {} runs spilled to disk (run size {} MiB, {sorters} sorters)",
                 runs.len(),
@@ -532,13 +570,18 @@ fn batch_bytes(batch: &RecordBatch) -> usize {
         .sum()
 }
 
-/// Sorts a run, then writes it to an IPC file.
+/// What a sorter thread is handed: the run's number, its batches, whether it is the last run,
+/// and the sender names where ranges begin.
+type RunJob = (usize, Vec<RecordBatch>, bool, Arc<Vec<String>>);
+
+/// Sorts a run, then writes it to an IPC file, one block per batch.
 fn spill_run(
     batches: Vec<RecordBatch>,
     names: &mut Names,
     dir: &Path,
     n: usize,
     chunk_rows: usize,
+    bounds: &[String],
 ) -> Result<Run> {
     fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
     let path = dir.join(format!("run-{n:05}.arrow"));
@@ -547,9 +590,85 @@ fn spill_run(
     };
     let f = File::create(&path).map_err(|e| Error::io("cannot create", &path, e))?;
     let mut w = FileWriter::try_new(BufWriter::new(f), &staged_schema()).map_err(io_err)?;
-    sort_run(batches, names, chunk_rows, |b| w.write(&b).map_err(io_err))?;
+    let (sorted, starts, rows) = sort_run(batches, names, chunk_rows, bounds)?;
+    for b in sorted {
+        w.write(&b).map_err(io_err)?;
+    }
     w.finish().map_err(io_err)?;
-    Ok(Run::Spilled(path))
+    Ok(Run {
+        blocks: Blocks::Spilled(path),
+        starts,
+        rows,
+    })
+}
+
+/// The sender names where about `parts` ranges of equal rows begin, from the rows of `batches`:
+/// range 0 holds the null sender and the names before the first bound, range `i` the names from
+/// bound `i - 1` on. A sender is never split, so a busy one makes its range larger and there may
+/// be fewer ranges.
+fn range_bounds(batches: &[RecordBatch], parts: usize) -> Vec<String> {
+    let mut counts: HashMap<&str, u64, foldhash::fast::RandomState> = HashMap::default();
+    let (mut nulls, mut total) = (0u64, 0u64);
+    for b in batches {
+        let senders = b.column(C_SENDER).as_string::<i32>();
+        for v in senders.iter() {
+            total += 1;
+            match v {
+                None => nulls += 1,
+                Some(s) => *counts.entry(s).or_default() += 1,
+            }
+        }
+    }
+    let mut names: Vec<(&str, u64)> = counts.into_iter().collect();
+    names.sort_unstable();
+    let parts = parts.max(1) as u64;
+    let (mut bounds, mut before) = (Vec::new(), nulls);
+    for (name, rows) in names {
+        // A range begins at the first name with at least its share of the rows before it.
+        if before * parts >= total * (bounds.len() as u64 + 1) {
+            bounds.push(name.to_string());
+        }
+        before += rows;
+    }
+    bounds
+}
+
+/// The range of a sender (None: the null sender) among the ranges that begin at `bounds`.
+fn range_of(bounds: &[String], sender: Option<&str>) -> usize {
+    sender.map_or(0, |s| bounds.partition_point(|b| b.as_str() <= s))
+}
+
+/// Sorted batches cut where each range begins (`rows` per range, in order): the batches, and the
+/// index of every range's first batch with one more index at the end.
+fn cut_ranges(sorted: Vec<RecordBatch>, rows: &[u64]) -> Result<(Vec<RecordBatch>, Vec<usize>)> {
+    let mut out = Vec::with_capacity(sorted.len() + rows.len());
+    let mut starts = Vec::with_capacity(rows.len() + 1);
+    let mut batches = sorted.into_iter().filter(|b| b.num_rows() > 0);
+    let mut rest: Option<RecordBatch> = None;
+    for &n in rows {
+        starts.push(out.len());
+        let mut left = n as usize;
+        while left > 0 {
+            let b = rest.take().or_else(|| batches.next()).ok_or_else(|| {
+                Error::Internal("a sender range has more rows than its run".into())
+            })?;
+            if b.num_rows() <= left {
+                left -= b.num_rows();
+                out.push(b);
+            } else {
+                out.push(b.slice(0, left));
+                rest = Some(b.slice(left, b.num_rows() - left));
+                left = 0;
+            }
+        }
+    }
+    starts.push(out.len());
+    if rest.is_some() || batches.next().is_some() {
+        return Err(Error::Internal(
+            "a run has more rows than its sender ranges".into(),
+        ));
+    }
+    Ok((out, starts))
 }
 
 /// Column indexes in the staged schema.
@@ -587,8 +706,12 @@ fn cmp_rows(a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
 }
 
 /// Ranks of a string column's values over a run's batches (0 for null, then 1.. in byte order),
-/// so that rows compare by integers instead of by strings; one vector per batch.
-fn string_ranks(cols: &[&dyn Array], names_out: &mut BTreeSet<String>) -> Vec<Vec<u32>> {
+/// so that rows compare by integers instead of by strings, one vector per batch; and the distinct
+/// values in byte order (rank `r` is value `r - 1`).
+fn string_ranks<'a>(
+    cols: &[&'a dyn Array],
+    names_out: &mut BTreeSet<String>,
+) -> (Vec<Vec<u32>>, Vec<&'a str>) {
     let cols: Vec<_> = cols.iter().map(|c| c.as_string::<i32>()).collect();
     // Each distinct value gets an id when first met: one lookup per row, none for a row equal
     // to the row before (as a file's rows are); ids become ranks through an array once the
@@ -629,20 +752,41 @@ fn string_ranks(cols: &[&dyn Array], names_out: &mut BTreeSet<String>) -> Vec<Ve
     for id in out.iter_mut().flatten() {
         *id = rank[*id as usize];
     }
-    out
+    let sorted = by_name.iter().map(|&id| names[id as usize - 1]).collect();
+    (out, sorted)
+}
+
+/// A run's order, from [`sorted_order`].
+struct RunOrder<'a> {
+    /// The rows in order, as (batch, row) pairs.
+    order: Vec<(usize, usize)>,
+    /// The rank of every row's sender, one vector per batch.
+    senders: Vec<Vec<u32>>,
+    /// The rows of every sender rank.
+    rank_rows: Vec<usize>,
+    /// The senders in rank order (rank `r` is `sender_names[r - 1]`; rank 0 is null).
+    sender_names: Vec<&'a str>,
+}
+
+impl RunOrder<'_> {
+    /// The rows of every range that begins at `bounds`.
+    fn range_rows(&self, bounds: &[String]) -> Vec<u64> {
+        let mut rows = vec![0u64; bounds.len() + 1];
+        for (rank, &n) in self.rank_rows.iter().enumerate() {
+            let name = rank.checked_sub(1).map(|i| self.sender_names[i]);
+            rows[range_of(bounds, name)] += n as u64;
+        }
+        rows
+    }
 }
 
 /// The row order of a run's batches by (sender, ts, source_file, source_line), nulls first,
-/// ties in row order: the order of [`cmp_rows`], computed on integer keys. Rows are given as
-/// (batch, row) pairs. Also gives the rank of every row's sender (one vector per batch).
-fn sorted_order(
-    batches: &[RecordBatch],
-    names: &mut Names,
-) -> (Vec<(usize, usize)>, Vec<Vec<u32>>) {
+/// ties in row order: the order of [`cmp_rows`], computed on integer keys.
+fn sorted_order<'a>(batches: &'a [RecordBatch], names: &mut Names) -> RunOrder<'a> {
     let column =
         |c: usize| -> Vec<&dyn Array> { batches.iter().map(|b| b.column(c).as_ref()).collect() };
-    let senders = string_ranks(&column(C_SENDER), &mut names.senders);
-    let files = string_ranks(&column(C_FILE), &mut names.files);
+    let (senders, sender_names) = string_ranks(&column(C_SENDER), &mut names.senders);
+    let (files, _) = string_ranks(&column(C_FILE), &mut names.files);
     // The rows are first placed by sender (a counting sort: sender ranks run from 0 to the
     // number of distinct senders), then each sender's rows are sorted by (ts, file, line, row
     // order): a sort of the whole run on (sender, ...) did the same with more comparisons and
@@ -658,6 +802,7 @@ fn sorted_order(
     for &r in senders.iter().flatten() {
         place[r as usize] += 1;
     }
+    let rank_rows = place.clone();
     let mut rows = 0;
     for p in place.iter_mut() {
         (*p, rows) = (rows, rows + *p);
@@ -687,30 +832,40 @@ fn sorted_order(
         .into_iter()
         .map(|k| (k.3 as usize, k.4 as usize))
         .collect();
-    (order, senders)
+    RunOrder {
+        order,
+        senders,
+        rank_rows,
+        sender_names,
+    }
 }
 
-/// Sorts the rows of a run and hands them on in order, as batches of at most `chunk_rows` rows.
-/// The run's batches are dropped once their rows are copied into order.
+/// Sorts the rows of a run into batches of at most `chunk_rows` rows, cut where each range that
+/// begins at `bounds` begins: the batches, the index of every range's first batch (one more at
+/// the end) and the rows of every range. The run's batches are dropped once their rows are
+/// copied into order.
 fn sort_run(
     batches: Vec<RecordBatch>,
     names: &mut Names,
     chunk_rows: usize,
-    mut out: impl FnMut(RecordBatch) -> Result<()>,
-) -> Result<()> {
-    let (order, senders) = sorted_order(&batches, names);
+    bounds: &[String],
+) -> Result<(Vec<RecordBatch>, Vec<usize>, Vec<u64>)> {
+    let run = sorted_order(&batches, names);
+    let rows = run.range_rows(bounds);
     let sorted = crate::stage::reorder::reorder(
         &staged_schema(),
         &batches,
-        &order,
-        Some(&senders),
+        &run.order,
+        Some(&run.senders),
         chunk_rows,
     )?;
-    drop((batches, order, senders));
-    sorted.into_iter().try_for_each(&mut out)
+    drop(run);
+    drop(batches);
+    let (sorted, starts) = cut_ranges(sorted, &rows)?;
+    Ok((sorted, starts, rows))
 }
 
-/// A cursor over one sorted run, with the merge keys of its current batch.
+/// A cursor over one sender range of a sorted run, with the merge keys of its current batch.
 struct Cursor {
     batches: Box<dyn Iterator<Item = Result<RecordBatch>>>,
     batch: RecordBatch,
@@ -719,19 +874,33 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn open(run: Run, ranks: &Ranks) -> Result<Option<Cursor>> {
-        let mut batches: Box<dyn Iterator<Item = Result<RecordBatch>>> = match run {
-            Run::Memory(v) => Box::new(v.into_iter().map(Ok)),
-            Run::Spilled(path) => {
-                let f = File::open(&path).map_err(|e| Error::io("cannot read", &path, e))?;
-                let r = FileReader::try_new(BufReader::new(f), None).map_err(|e| {
+    /// A cursor over the rows of `range` in `run`; None when it has none.
+    fn open(run: &Run, range: usize, ranks: &Ranks) -> Result<Option<Cursor>> {
+        let (first, end) = (run.starts[range], run.starts[range + 1]);
+        if first == end {
+            return Ok(None);
+        }
+        let mut batches: Box<dyn Iterator<Item = Result<RecordBatch>>> = match &run.blocks {
+            Blocks::Memory(v) => {
+                let range = v[first..end].to_vec();
+                Box::new(range.into_iter().map(Ok))
+            }
+            Blocks::Spilled(path) => {
+                let path = path.clone();
+                let cannot = |e: &dyn std::fmt::Display| {
                     Error::io("cannot read", &path, std::io::Error::other(e.to_string()))
-                })?;
+                };
+                let f = File::open(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+                let r = FileReader::try_new(BufReader::new(f), None).map_err(|e| cannot(&e))?;
                 // SAFETY: `spill_run` wrote this file moments ago in this call, into the date's
                 // private temporary directory, from batches that were validated when the staged
                 // records were read; validating them again (UTF-8 above all) was a tenth of write.
-                let r = unsafe { r.with_skip_validation(true) };
-                Box::new(r.map(move |b| {
+                let mut r = unsafe { r.with_skip_validation(true) };
+                if r.num_batches() < end {
+                    return Err(cannot(&"fewer blocks than were written"));
+                }
+                r.set_index(first).map_err(|e| cannot(&e))?;
+                Box::new(r.take(end - first).map(move |b| {
                     b.map_err(|e| {
                         Error::io("cannot read", &path, std::io::Error::other(e.to_string()))
                     })
@@ -756,7 +925,7 @@ impl Cursor {
         }
     }
 
-    /// Moves to the next row; false when the run is exhausted.
+    /// Moves to the next row; false when the range is exhausted.
     fn advance(&mut self, ranks: &Ranks) -> Result<bool> {
         self.row += 1;
         while self.row >= self.batch.num_rows() {
@@ -795,99 +964,179 @@ impl Ord for HeapItem {
     }
 }
 
-/// A stretch of at most `MERGE_BATCH_ROWS` output rows of one sender, as the merge hands it out:
-/// `(source batch, row)` picks into `sources`, in output order.
-struct Piece {
-    sources: Vec<RecordBatch>,
-    picks: Vec<(usize, usize)>,
-}
-
-/// A row group for an encoder thread: its pieces in order, as the merge makes them (the channel
-/// ends with the row group), and where its encoded columns go.
-struct RowGroupJob {
-    /// The row group's number in its file.
-    index: usize,
-    pieces: std::sync::mpsc::Receiver<Piece>,
-    done: std::sync::mpsc::SyncSender<Result<EncodedRowGroup>>,
-}
-
 /// A row group's column chunks, compressed, ready to be appended to its file.
 struct EncodedRowGroup {
     chunks: Vec<ArrowColumnChunk>,
     rows: u64,
 }
 
-/// What the file writer thread does, in output order: open a sender's file, append its next row
-/// group once encoded, close it.
-enum FileJob {
-    Open(Option<String>),
-    RowGroup(std::sync::mpsc::Receiver<Result<EncodedRowGroup>>),
-    Close,
-}
-
-/// The threads that turn the merge's rows into files while the merge goes on.
+/// The files one lane writes, on the lane's own thread: the sender's file being written, its
+/// row group being encoded, and the files finished (handed to the sync thread).
 ///
-/// The unit of work is a row group, not a file: encoder threads (one per core, as the budget
-/// allows) take row groups from one queue in output order and encode their pieces as the merge
-/// hands them out, so the rows of one busy sender (a fifth of a day's rows, in the benchmark)
-/// keep every core busy instead of one. With more than one encoder a row group's pieces may all
-/// wait in its queue, so that the merge can go on to the next row group for a free encoder; with
-/// one, only a few do (the memory a second core would have used). A writer thread
-/// appends each file's row groups in order as they come out encoded and hashes the bytes; a sync
-/// thread fsyncs each finished file and its directory, off the writer's way. A file's bytes
-/// depend only on its rows (row groups of `ROW_GROUP_ROWS`, encoded as `ArrowWriter` encodes
-/// them), never on the number of threads or their timing.
-struct Encoding<'scope> {
-    jobs: std::sync::mpsc::SyncSender<RowGroupJob>,
-    files: std::sync::mpsc::SyncSender<FileJob>,
-    encoders: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
-    writer: std::thread::ScopedJoinHandle<'scope, Result<Vec<OutputFile>>>,
-    syncer: std::thread::ScopedJoinHandle<'scope, Result<()>>,
-    /// Where the current row group's pieces go, and its rows so far.
-    current: Option<std::sync::mpsc::SyncSender<Piece>>,
-    current_rows: usize,
+/// Rows come as the merge hands them out, in pieces of at most `MERGE_BATCH_ROWS` rows of one
+/// sender, cut at row groups' ends; each piece is gathered and written to the row group's column
+/// writers, as `ArrowWriter` writes the batches it is given. A file's bytes depend only on its
+/// rows (pieces are cut where the sender's rows reach a multiple of `MERGE_BATCH_ROWS` or a row
+/// group's end), never on the lane, the runs or the budget.
+struct LaneFiles<'a> {
+    dir: &'a Path,
+    factory: &'a ArrowRowGroupWriterFactory,
+    schema: arrow_schema::SchemaRef,
+    synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
+    file: Option<SenderFile>,
+    group: Option<Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>>,
+    group_rows: usize,
     /// The next row group's number in the current file.
     row_group: usize,
-    /// Pieces a row group's queue holds.
-    pieces_queued: usize,
+    files: Vec<OutputFile>,
 }
 
-impl<'scope> Encoding<'scope> {
-    fn start<'env>(
-        scope: &'scope std::thread::Scope<'scope, 'env>,
-        dir: &'env Path,
-        factory: &'env ArrowRowGroupWriterFactory,
-        encoders: usize,
-    ) -> Encoding<'scope> {
-        // A row group is handed out only to a free encoder, so at most one row group of rows
-        // not yet encoded per encoder; row groups encoded and waiting for their turn in the file
-        // are bounded by the writer's queue (two jobs per encoder, opens and closes included).
-        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<RowGroupJob>(0);
-        let (files, file_rx) = std::sync::mpsc::sync_channel::<FileJob>(2 * encoders);
-        let pieces_queued = if encoders > 1 {
-            ROW_GROUP_ROWS.div_ceil(MERGE_BATCH_ROWS)
-        } else {
-            PIECES_QUEUED_ALONE
+impl<'a> LaneFiles<'a> {
+    fn new(
+        dir: &'a Path,
+        factory: &'a ArrowRowGroupWriterFactory,
+        synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
+    ) -> LaneFiles<'a> {
+        LaneFiles {
+            dir,
+            factory,
+            schema: parquet_schema(),
+            synced,
+            file: None,
+            group: None,
+            group_rows: 0,
+            row_group: 0,
+            files: Vec::new(),
+        }
+    }
+
+    /// Starts a sender's file.
+    fn open(&mut self, sender: Option<String>) -> Result<()> {
+        if self.file.is_some() {
+            return Err(Error::Internal(
+                "a file opened before the last was closed".into(),
+            ));
+        }
+        self.file = Some(SenderFile::create(self.dir, sender)?);
+        self.row_group = 0;
+        Ok(())
+    }
+
+    /// Adds the current sender's next rows (`picks` into `sources`), cut into row groups of
+    /// `ROW_GROUP_ROWS`.
+    fn rows(&mut self, sources: &[RecordBatch], mut picks: &[(usize, usize)]) -> Result<()> {
+        let err = |e: parquet::errors::ParquetError| Error::Internal(format!("encoding rows: {e}"));
+        while !picks.is_empty() {
+            let room = ROW_GROUP_ROWS - self.group_rows;
+            let (piece, rest) = picks.split_at(room.min(picks.len()));
+            let batch = gather(&self.schema, sources, piece)?;
+            let writers = match &mut self.group {
+                Some(w) => w,
+                None => {
+                    let w = self
+                        .factory
+                        .create_column_writers(self.row_group)
+                        .map_err(err)?;
+                    self.row_group += 1;
+                    self.group.insert(w)
+                }
+            };
+            let mut next = writers.iter_mut();
+            for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
+                for leaf in compute_leaves(field.as_ref(), column).map_err(err)? {
+                    next.next()
+                        .ok_or_else(|| Error::Internal("a column writer is missing".into()))?
+                        .write(&leaf)
+                        .map_err(err)?;
+                }
+            }
+            self.group_rows += piece.len();
+            if self.group_rows == ROW_GROUP_ROWS {
+                self.end_row_group()?;
+            }
+            picks = rest;
+        }
+        Ok(())
+    }
+
+    /// Closes the current row group, if any, and appends it to the file.
+    fn end_row_group(&mut self) -> Result<()> {
+        let Some(writers) = self.group.take() else {
+            return Ok(());
         };
+        let chunks = writers
+            .into_iter()
+            .map(|w| w.close())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Internal(format!("encoding rows: {e}")))?;
+        let rows = std::mem::take(&mut self.group_rows) as u64;
+        self.file
+            .as_mut()
+            .ok_or_else(|| Error::Internal("a row group before its file".into()))?
+            .append(EncodedRowGroup { chunks, rows })
+    }
+
+    /// Ends the current sender's file: its last row group and its footer; the sync thread
+    /// fsyncs it.
+    fn close(&mut self) -> Result<()> {
+        self.end_row_group()?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::Internal("a close before its file".into()))?;
+        let (handle, path, out) = file.finish()?;
+        self.synced
+            .send((handle, path))
+            .map_err(|_| Error::Internal("the file syncer stopped".into()))?;
+        self.files.push(out);
+        Ok(())
+    }
+}
+
+/// Lanes for the write: one per core as the memory budget allows. Beside its share of the merge's
+/// quarter of the budget, a lane holds one row group in flight: a piece of at most
+/// `MERGE_BATCH_ROWS` gathered rows and the row group's pages, compressed but for the page being
+/// filled (a few MiB).
+fn lanes(budget: usize) -> usize {
+    crate::stage::threads_within(budget, 8 << 20)
+}
+
+/// Merges the runs and writes one Parquet file per sender, on `lanes` threads.
+///
+/// Every run is cut at the same sender names into ranges, so the ranges are independent: each
+/// is a merge of its stretch of every run into its senders' files. The lanes take ranges in
+/// turn, the largest first, and merge, encode and write each on their own thread, so that every
+/// core works without waiting on another (a merge thread feeding encoder threads left a quarter
+/// of the cores idle in hand-offs). A sync thread fsyncs finished files off the lanes' way.
+fn merge_and_write(
+    runs: Vec<Run>,
+    ranks: &Ranks,
+    dir: &Path,
+    lanes: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<OutputFile>> {
+    // Column writers for every file's row groups: all files share the schema and properties.
+    let (_, factory) = parquet_file_writer(std::io::sink())
+        .map_err(|e| Error::Internal(format!("parquet writer: {e}")))?;
+    let parts = runs.first().map_or(0, |r| r.rows.len());
+    if runs
+        .iter()
+        .any(|r| r.rows.len() != parts || r.starts.len() != parts + 1)
+    {
+        return Err(Error::Internal("runs cut into different ranges".into()));
+    }
+    let mut ranges: Vec<(u64, usize)> = (0..parts)
+        .map(|i| (runs.iter().map(|r| r.rows[i]).sum(), i))
+        .filter(|&(rows, _)| rows > 0)
+        .collect();
+    ranges.sort_unstable_by(|a, b| b.cmp(a));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (runs, ranges, factory, next, stop) = (&runs, &ranges, &factory, &next, &stop);
+    std::thread::scope(|scope| {
         // Finished files waiting for their fsync (each holds only a descriptor).
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<(File, PathBuf)>(64);
-        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
-        let encoders = (0..encoders)
-            .map(|_| {
-                let job_rx = Arc::clone(&job_rx);
-                scope.spawn(move || {
-                    loop {
-                        let job = job_rx.lock().map(|rx| rx.recv());
-                        let Ok(Ok(job)) = job else { return };
-                        let encoded = encode_row_group(factory, job.index, job.pieces);
-                        // Nobody waits when the writer has stopped (its error is reported).
-                        let _ = job.done.send(encoded);
-                    }
-                })
-            })
-            .collect();
-        let writer = scope.spawn(move || write_files(dir, file_rx, sync_tx));
-        let syncer = scope.spawn(move || {
+        let syncer = scope.spawn(move || -> Result<()> {
             for (file, path) in sync_rx {
                 file.sync_all()
                     .map_err(|e| Error::io("cannot sync", &path, e))?;
@@ -897,234 +1146,57 @@ impl<'scope> Encoding<'scope> {
             }
             Ok(())
         });
-        Encoding {
-            jobs,
-            files,
-            encoders,
-            writer,
-            syncer,
-            current: None,
-            current_rows: 0,
-            row_group: 0,
-            pieces_queued,
-        }
-    }
-
-    fn to_writer(&self, job: FileJob) -> Result<()> {
-        self.files
-            .send(job)
-            .map_err(|_| Error::Internal("the file writer stopped".into()))
-    }
-
-    /// Starts a sender's file.
-    fn open(&mut self, sender: Option<String>) -> Result<()> {
-        self.row_group = 0;
-        self.to_writer(FileJob::Open(sender))
-    }
-
-    /// Adds the current sender's next rows, cut into row groups of `ROW_GROUP_ROWS`.
-    fn rows(
-        &mut self,
-        mut sources: Vec<RecordBatch>,
-        mut picks: Vec<(usize, usize)>,
-    ) -> Result<()> {
-        while !picks.is_empty() {
-            let room = ROW_GROUP_ROWS - self.current_rows;
-            let rest = if picks.len() > room {
-                picks.split_off(room)
-            } else {
-                Vec::new()
-            };
-            let rows = picks.len();
-            // Pieces cut at a row group's end share the sources; the last one takes them.
-            let sources = if rest.is_empty() {
-                std::mem::take(&mut sources)
-            } else {
-                sources.clone()
-            };
-            let piece = Piece { sources, picks };
-            self.row_group_queue()?
-                .send(piece)
-                .map_err(|_| Error::Internal("an encoder stopped".into()))?;
-            self.current_rows += rows;
-            if self.current_rows == ROW_GROUP_ROWS {
-                self.end_row_group();
+        let handles: Vec<_> = (0..lanes.clamp(1, ranges.len().max(1)))
+            .map(|_| {
+                let sync_tx = sync_tx.clone();
+                scope.spawn(move || -> Result<Vec<OutputFile>> {
+                    let mut files = LaneFiles::new(dir, factory, sync_tx);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(_, range)) = ranges.get(i) else {
+                            break;
+                        };
+                        if let Err(e) = merge_range(runs, range, ranks, &mut files, progress) {
+                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
+                    Ok(files.files)
+                })
+            })
+            .collect();
+        drop(sync_tx);
+        let (mut files, mut failed) = (Vec::new(), None);
+        for h in handles {
+            match h.join() {
+                Ok(Ok(f)) => files.extend(f),
+                Ok(Err(e)) => failed = failed.or(Some(e)),
+                Err(_) => failed = failed.or(Some(Error::Internal("a write lane panicked".into()))),
             }
-            picks = rest;
         }
-        Ok(())
-    }
-
-    /// The current row group's queue of pieces; a new row group, queued for an encoder and given
-    /// its place in the file, when there is none.
-    fn row_group_queue(&mut self) -> Result<&std::sync::mpsc::SyncSender<Piece>> {
-        if self.current.is_none() {
-            let (pieces, queue) = std::sync::mpsc::sync_channel(self.pieces_queued);
-            let (done, encoded) = std::sync::mpsc::sync_channel(1);
-            let job = RowGroupJob {
-                index: self.row_group,
-                pieces: queue,
-                done,
-            };
-            self.row_group += 1;
-            self.jobs
-                .send(job)
-                .map_err(|_| Error::Internal("the encoders stopped".into()))?;
-            self.to_writer(FileJob::RowGroup(encoded))?;
-            self.current = Some(pieces);
-        }
-        Ok(self.current.as_ref().expect("set above"))
-    }
-
-    /// Ends the current row group: its encoder finishes it once it has every piece.
-    fn end_row_group(&mut self) {
-        self.current = None;
-        self.current_rows = 0;
-    }
-
-    /// Ends the current sender's file.
-    fn close(&mut self) -> Result<()> {
-        self.end_row_group();
-        self.to_writer(FileJob::Close)
-    }
-
-    /// Waits for every thread; the files, or the first error (the writer's or the syncer's
-    /// explain a merge that stopped because they had stopped).
-    fn finish(self) -> Result<Vec<OutputFile>> {
-        drop(self.current);
-        drop(self.jobs);
-        drop(self.files);
-        let mut panicked = false;
-        for h in self.encoders {
-            panicked |= h.join().is_err();
-        }
-        let files = self
-            .writer
-            .join()
-            .unwrap_or_else(|_| Err(Error::Internal("the file writer panicked".into())));
-        let synced = self
-            .syncer
+        let synced = syncer
             .join()
             .unwrap_or_else(|_| Err(Error::Internal("the file syncer panicked".into())));
-        if panicked {
-            return Err(Error::Internal("an encoder thread panicked".into()));
-        }
-        // The syncer's error first: the writer stops because the syncer stopped, not the reverse.
+        // The syncer's error first: a lane stops because the syncer stopped, not the reverse.
         synced?;
-        files
-    }
-}
-
-/// Encodes one row group: its pieces gathered and written to fresh column writers in order, as
-/// `ArrowWriter` writes the batches it is given.
-fn encode_row_group(
-    factory: &ArrowRowGroupWriterFactory,
-    index: usize,
-    pieces: std::sync::mpsc::Receiver<Piece>,
-) -> Result<EncodedRowGroup> {
-    let err = |e: parquet::errors::ParquetError| Error::Internal(format!("encoding rows: {e}"));
-    let schema = parquet_schema();
-    let mut writers = factory.create_column_writers(index).map_err(err)?;
-    let mut rows = 0u64;
-    for piece in pieces {
-        let batch = gather(&schema, &piece.sources, &piece.picks)?;
-        drop(piece);
-        rows += batch.num_rows() as u64;
-        let mut next = writers.iter_mut();
-        for (field, column) in schema.fields().iter().zip(batch.columns()) {
-            for leaf in compute_leaves(field.as_ref(), column).map_err(err)? {
-                next.next()
-                    .ok_or_else(|| Error::Internal("a column writer is missing".into()))?
-                    .write(&leaf)
-                    .map_err(err)?;
-            }
-        }
-    }
-    let chunks = writers
-        .into_iter()
-        .map(|w| w.close())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(err)?;
-    Ok(EncodedRowGroup { chunks, rows })
-}
-
-/// The file writer thread: opens each sender's file, appends its row groups in order as they
-/// come out encoded, and hands each finished file to the sync thread.
-fn write_files(
-    dir: &Path,
-    jobs: std::sync::mpsc::Receiver<FileJob>,
-    synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
-) -> Result<Vec<OutputFile>> {
-    let mut files = Vec::new();
-    let mut current: Option<SenderFile> = None;
-    for job in jobs {
-        match job {
-            FileJob::Open(sender) => current = Some(SenderFile::create(dir, sender)?),
-            FileJob::RowGroup(encoded) => {
-                let encoded = encoded
-                    .recv()
-                    .map_err(|_| Error::Internal("an encoder stopped".into()))??;
-                current
-                    .as_mut()
-                    .ok_or_else(|| Error::Internal("a row group before its file".into()))?
-                    .append(encoded)?;
-            }
-            FileJob::Close => {
-                let file = current
-                    .take()
-                    .ok_or_else(|| Error::Internal("a close before its file".into()))?;
-                let (handle, path, out) = file.finish()?;
-                synced
-                    .send((handle, path))
-                    .map_err(|_| Error::Internal("the file syncer stopped".into()))?;
-                files.push(out);
-            }
-        }
-    }
-    Ok(files)
-}
-
-/// Encoder threads for the write: one per core as the memory budget allows (an encoder accounts
-/// for two row groups in flight, their source rows and their encoded pages: some tens of MiB).
-fn encoder_threads(budget: usize) -> usize {
-    crate::stage::threads_within(budget, 64 << 20)
-}
-
-/// Merges the runs and writes one Parquet file per sender, the row groups encoded on other
-/// threads.
-fn merge_and_write(
-    runs: Vec<Run>,
-    ranks: &Ranks,
-    dir: &Path,
-    budget: usize,
-    progress: &indicatif::ProgressBar,
-) -> Result<Vec<OutputFile>> {
-    // Column writers for every file's row groups: all files share the schema and properties.
-    let (_, factory) = parquet_file_writer(std::io::sink())
-        .map_err(|e| Error::Internal(format!("parquet writer: {e}")))?;
-    let factory = &factory;
-    std::thread::scope(|scope| {
-        let mut enc = Encoding::start(scope, dir, factory, encoder_threads(budget));
-        let merged = merge(runs, ranks, &mut enc, progress);
-        let files = enc.finish();
-        // A writer's error explains a merge that stopped because the writer had stopped.
-        match (merged, files) {
-            (_, Err(e)) | (Err(e), _) => Err(e),
-            (Ok(()), Ok(files)) => Ok(files),
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(files),
         }
     })
 }
 
-/// Merges the runs into jobs for the encoders.
-fn merge(
-    runs: Vec<Run>,
+/// Merges one sender range of every run into its senders' files.
+fn merge_range(
+    runs: &[Run],
+    range: usize,
     ranks: &Ranks,
-    enc: &mut Encoding<'_>,
+    out: &mut LaneFiles<'_>,
     progress: &indicatif::ProgressBar,
 ) -> Result<()> {
     let mut cursors = Vec::new();
     for r in runs {
-        if let Some(c) = Cursor::open(r, ranks)? {
+        if let Some(c) = Cursor::open(r, range, ranks)? {
             cursors.push(c);
         }
     }
@@ -1140,19 +1212,28 @@ fn merge(
     // Pending output rows as (source batch slot, row); slots index into `sources`.
     let mut sources: Vec<RecordBatch> = Vec::new();
     let mut picks: Vec<(usize, usize)> = Vec::new();
+    let flush = |sources: &mut Vec<RecordBatch>,
+                 picks: &mut Vec<(usize, usize)>,
+                 out: &mut LaneFiles<'_>|
+     -> Result<()> {
+        progress.inc(picks.len() as u64);
+        out.rows(sources, picks)?;
+        sources.clear();
+        picks.clear();
+        Ok(())
+    };
     let mut next = heap.pop();
     while let Some(top) = next {
         let c = &mut cursors[top.cursor];
         if current != Some(top.key.0) {
             if current.is_some() {
-                progress.inc(picks.len() as u64);
-                enc.rows(std::mem::take(&mut sources), std::mem::take(&mut picks))?;
-                enc.close()?;
+                flush(&mut sources, &mut picks, out)?;
+                out.close()?;
             }
             current = Some(top.key.0);
             let senders = c.batch.column(C_SENDER).as_string::<i32>();
             let sender = (!senders.is_null(c.row)).then(|| senders.value(c.row).to_string());
-            enc.open(sender)?;
+            out.open(sender)?;
         }
         let slot = match sources
             .iter()
@@ -1166,8 +1247,7 @@ fn merge(
         };
         picks.push((slot, c.row));
         if picks.len() >= MERGE_BATCH_ROWS {
-            progress.inc(picks.len() as u64);
-            enc.rows(std::mem::take(&mut sources), std::mem::take(&mut picks))?;
+            flush(&mut sources, &mut picks, out)?;
         }
         // The cursor's next row: taken next if it still comes first (a sender's rows mostly come
         // in long stretches of one run), else it trades places with the heap's first.
@@ -1185,9 +1265,8 @@ fn merge(
         };
     }
     if current.is_some() {
-        progress.inc(picks.len() as u64);
-        enc.rows(sources, picks)?;
-        enc.close()?;
+        flush(&mut sources, &mut picks, out)?;
+        out.close()?;
     }
     Ok(())
 }
@@ -1437,7 +1516,7 @@ mod tests {
                 .flat_map(|(bi, b)| (0..b.num_rows()).map(move |i| (bi, i)))
                 .collect();
             expected.sort_by(|&(xb, x), &(yb, y)| cmp_rows(&batches[xb], x, &batches[yb], y));
-            prop_assert_eq!(sorted_order(&batches, &mut Names::default()).0, expected);
+            prop_assert_eq!(sorted_order(&batches, &mut Names::default()).order, expected);
         }
 
         /// The merge's keys of rows in two runs compare as `cmp_rows` does.
@@ -1466,6 +1545,166 @@ mod tests {
         }
     }
 
+    fn senders(batch: &RecordBatch) -> Vec<Option<String>> {
+        let col = batch.column(C_SENDER).as_string::<i32>();
+        col.iter().map(|v| v.map(str::to_string)).collect()
+    }
+
+    fn named(names: &[(Option<&str>, usize)]) -> RecordBatch {
+        let mut b = BatchBuilder::new();
+        for &(name, n) in names {
+            for i in 0..n {
+                b.push(&Record {
+                    ts: Some(i as i64),
+                    sender_id: name.map(str::to_string),
+                    message: "m".into(),
+                    room: "r".into(),
+                    kafka_offset: None,
+                    kind: Kind::Message,
+                    extra: None,
+                    source_file: "f".into(),
+                    source_line: i as u64,
+                });
+            }
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn ranges_have_about_equal_rows_and_never_split_a_sender() {
+        let day = named(&[
+            (Some("c"), 20),
+            (None, 10),
+            (Some("a"), 30),
+            (Some("d"), 10),
+            (Some("b"), 30),
+        ]);
+        // 100 rows in quarters: ranges begin at b (40 rows before it), c (70) and d (90).
+        let bounds = range_bounds(std::slice::from_ref(&day), 4);
+        assert_eq!(bounds, ["b", "c", "d"]);
+        let of = |s: Option<&str>| range_of(&bounds, s);
+        assert_eq!(
+            [
+                None,
+                Some(""),
+                Some("a"),
+                Some("b"),
+                Some("bb"),
+                Some("c"),
+                Some("d"),
+                Some("zz")
+            ]
+            .map(of),
+            [0, 0, 0, 1, 1, 2, 3, 3]
+        );
+        // A sender with most of the rows takes several shares; one range is the whole day.
+        let busy = named(&[(Some("a"), 90), (Some("b"), 10)]);
+        assert_eq!(range_bounds(std::slice::from_ref(&busy), 4), ["b"]);
+        assert!(range_bounds(std::slice::from_ref(&day), 1).is_empty());
+        assert!(range_bounds(&[], 8).is_empty());
+        // A run's rows per range follow the same bounds, whatever the run's own senders.
+        let mut names = Names::default();
+        let run = named(&[(Some("bb"), 3), (None, 2), (Some("e"), 4)]);
+        let order = sorted_order(std::slice::from_ref(&run), &mut names);
+        assert_eq!(order.range_rows(&bounds), [2, 3, 0, 4]);
+    }
+
+    #[test]
+    fn sorted_batches_are_cut_where_each_range_begins() {
+        let a = named(&[(Some("a"), 2), (Some("b"), 1)]);
+        let b = named(&[(Some("b"), 1), (Some("d"), 3)]);
+        let (cut, starts) = cut_ranges(vec![a.clone(), b.clone()], &[2, 0, 2, 3]).unwrap();
+        assert_eq!(starts, [0, 1, 1, 3, 4]);
+        assert_eq!(
+            cut.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            [2, 1, 1, 3]
+        );
+        let got: Vec<_> = cut.iter().flat_map(senders).collect();
+        let want: Vec<_> = [&a, &b].into_iter().flat_map(senders).collect();
+        assert_eq!(got, want);
+        // Counts that do not add up to the rows are an internal error, not a panic.
+        assert!(cut_ranges(vec![a.clone()], &[2]).is_err());
+        assert!(cut_ranges(vec![a], &[2, 2]).is_err());
+        let (none, starts) = cut_ranges(Vec::new(), &[0, 0]).unwrap();
+        assert!(none.is_empty());
+        assert_eq!(starts, [0, 0, 0]);
+    }
+
+    /// Writes `batches` as a staged records file and writes it with runs of `run_bytes`, cut
+    /// into `parts` ranges, on `lanes` lanes: every file's path and bytes.
+    fn written(
+        batches: &[RecordBatch],
+        run_bytes: usize,
+        parts: usize,
+        lanes: usize,
+    ) -> (Vec<(String, Vec<u8>)>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join(STAGED_RECORDS);
+        let mut w = FileWriter::try_new(File::create(&staged).unwrap(), &staged_schema()).unwrap();
+        for b in batches {
+            w.write(b).unwrap();
+        }
+        w.finish().unwrap();
+        let sizes = RunSizes {
+            run_bytes,
+            chunk_rows: 50,
+            parts,
+        };
+        let (runs, names) = make_runs(&staged, None, sizes, 2, &dir.path().join(".spill")).unwrap();
+        let count = runs.len();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let bar = indicatif::ProgressBar::hidden();
+        let mut files = merge_and_write(runs, &Ranks::new(names), &out, lanes, &bar).unwrap();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let files = files
+            .into_iter()
+            .map(|f| {
+                let bytes = fs::read(out.join(&f.path)).unwrap();
+                assert_eq!(hex::encode(Sha256::digest(&bytes)), f.sha256);
+                (f.path, bytes)
+            })
+            .collect();
+        (files, count)
+    }
+
+    /// Runs spilled and merged range by range on several lanes give the files of one run merged
+    /// whole on one lane, byte for byte.
+    #[test]
+    fn ranges_on_lanes_write_the_bytes_of_one_merge() {
+        // A skewed day: sender 0 has a third of the rows; times go round so runs interleave.
+        let rows: Vec<(Option<u8>, Option<i64>, u8, i64)> = (0..6000)
+            .map(|i: i64| {
+                let s = match i % 9 {
+                    0..=2 => Some(0),
+                    3 => None,
+                    k => Some(k as u8 + (i % 4) as u8 * 10),
+                };
+                (s, Some(i * 7 % 500), (i % 3) as u8, i)
+            })
+            .collect();
+        let batches: Vec<RecordBatch> = rows.chunks(400).map(batch).collect();
+        let (whole, runs) = written(&batches, usize::MAX, 1, 1);
+        assert_eq!(runs, 1);
+        assert!(whole.len() > 20);
+        for (parts, lanes) in [(1, 1), (8, 2), (8, 3), (3, 1)] {
+            let (got, runs) = written(&batches, 60_000, parts, lanes);
+            assert!(runs > 3, "{runs} runs");
+            assert_eq!(got.len(), whole.len());
+            for (g, w) in got.iter().zip(&whole) {
+                assert_eq!(g.0, w.0);
+                assert!(
+                    g.1 == w.1,
+                    "{} differs with {parts} ranges on {lanes} lanes",
+                    g.0
+                );
+            }
+        }
+        // One run in memory, cut into ranges.
+        let (got, _) = written(&batches, usize::MAX, 8, 2);
+        assert!(got == whole);
+    }
+
     #[test]
     fn spilled_batches_shrink_so_the_merge_fits_a_quarter_of_the_budget() {
         let (gb, mib) = (1u64 << 30, 1usize << 20);
@@ -1488,11 +1727,11 @@ mod tests {
         assert_eq!(merge_chunk_rows(0, 0, 0, 0), MIN_MERGE_BATCH_ROWS);
     }
 
-    /// Row groups encoded apart on several threads and appended in order give the bytes that
-    /// `ArrowWriter` gives for the same batches, for a file of several row groups whose rows come
-    /// from several sources, in stretches and one by one.
+    /// Row groups encoded apart and appended in order give the bytes that `ArrowWriter` gives for
+    /// the same batches, for a file of several row groups whose rows come from several sources,
+    /// in stretches and one by one.
     #[test]
-    fn row_groups_encoded_in_parallel_match_arrow_writer() {
+    fn row_groups_encoded_apart_match_arrow_writer() {
         let n = ROW_GROUP_ROWS * 2 + 3000;
         // Two sources, as two runs would give them; picks alternate between long stretches and
         // single rows.
@@ -1532,19 +1771,18 @@ mod tests {
         }
         let expected = expected.into_inner().unwrap();
 
-        // One encoder (pieces streamed as they come) and several (whole row groups queued).
-        for encoders in [1, 3] {
+        {
             let dir = tempfile::tempdir().unwrap();
             let (_, factory) = parquet_file_writer(std::io::sink()).unwrap();
-            let files = std::thread::scope(|scope| {
-                let mut enc = Encoding::start(scope, dir.path(), &factory, encoders);
-                enc.open(Some("s1".into())).unwrap();
-                for p in &pieces {
-                    enc.rows(sources.clone(), p.clone()).unwrap();
-                }
-                enc.close().unwrap();
-                enc.finish().unwrap()
-            });
+            let (synced, sync_rx) = std::sync::mpsc::sync_channel(64);
+            let mut out = LaneFiles::new(dir.path(), &factory, synced);
+            out.open(Some("s1".into())).unwrap();
+            for p in &pieces {
+                out.rows(&sources, p).unwrap();
+            }
+            out.close().unwrap();
+            assert_eq!(sync_rx.try_iter().count(), 1);
+            let files = out.files;
             assert_eq!(files.len(), 1);
             assert_eq!(files[0].rows, n as u64);
             let got = fs::read(dir.path().join(&files[0].path)).unwrap();
@@ -1619,7 +1857,7 @@ mod tests {
                 batches.iter().map(|b| b.iter().copied().collect()).collect();
             let cols: Vec<&dyn Array> = arrays.iter().map(|a| a as &dyn Array).collect();
             let mut names = BTreeSet::new();
-            let got = string_ranks(&cols, &mut names);
+            let (got, sorted) = string_ranks(&cols, &mut names);
             let distinct: BTreeSet<&str> = batches.iter().flatten().flatten().copied().collect();
             let want: Vec<Vec<u32>> = batches
                 .iter()
@@ -1631,6 +1869,7 @@ mod tests {
                 .collect();
             prop_assert_eq!(got, want);
             prop_assert!(names.iter().map(String::as_str).eq(distinct.iter().copied()));
+            prop_assert!(sorted.into_iter().eq(distinct.iter().copied()));
         }
     }
 
@@ -1645,10 +1884,12 @@ mod tests {
         let c = batch(&[(Some(3), None, 1, 0)]);
         let mut names = BTreeSet::new();
         let senders = [b.column(C_SENDER).as_ref(), c.column(C_SENDER).as_ref()];
-        assert_eq!(string_ranks(&senders, &mut names), [vec![2, 0, 1], vec![3]]);
+        let (ranks, sorted) = string_ranks(&senders, &mut names);
+        assert_eq!(ranks, [vec![2, 0, 1], vec![3]]);
+        assert_eq!(sorted, ["s10", "s2", "s3"]);
         assert_eq!(names.into_iter().collect::<Vec<_>>(), ["s10", "s2", "s3"]);
         let mut names = BTreeSet::new();
         let files = [b.column(C_FILE).as_ref()];
-        assert_eq!(string_ranks(&files, &mut names), [vec![2, 1, 3]]);
+        assert_eq!(string_ranks(&files, &mut names).0, [vec![2, 1, 3]]);
     }
 }
