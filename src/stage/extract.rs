@@ -1145,9 +1145,13 @@ fn lines_mode<R: BufRead>(
         first: true,
     };
     // A chunk in flight holds its lines and their parsed records, about 16 MiB: a parser per
-    // core as the memory budget allows.
-    let parsers = crate::stage::threads_within(sink.budget_bytes << 3, 64 << 20);
-    let in_flight = parsers + 1;
+    // core as the memory budget allows, and two chunks per parser (plus the one being staged)
+    // as a quarter of the budget allows, at least one per parser. With one chunk per parser the
+    // parsers waited while this thread staged the oldest chunk, both cores busy only 90% of the
+    // time.
+    let budget = sink.budget_bytes << 3;
+    let parsers = crate::stage::threads_within(budget, 64 << 20);
+    let in_flight = (2 * parsers + 1).min((budget / (64 << 20)).max(parsers + 1));
     // The parsers' own copies: this thread keeps `sink` to itself.
     let normalizer = sink.normalizer.clone();
     let limits = sink.limits;
