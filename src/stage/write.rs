@@ -1245,7 +1245,22 @@ fn merge_range(
                 sources.len() - 1
             }
         };
-        picks.push((slot, c.row));
+        // This row and those after it in the cursor's batch that still come before every other
+        // cursor's row (a sender's rows mostly come in long stretches of one run), of the same
+        // sender, as far as the piece has room: taken together, as one row at a time would take
+        // them.
+        let first = heap.peek().map(|h| (h.key, h.cursor));
+        let last = (c.row + MERGE_BATCH_ROWS - picks.len()).min(c.keys.len());
+        let mut end = c.row + 1;
+        while end < last {
+            let key = c.keys[end];
+            if key.0 != top.key.0 || first.is_some_and(|f| (key, top.cursor) > f) {
+                break;
+            }
+            end += 1;
+        }
+        picks.extend((c.row..end).map(|row| (slot, row)));
+        c.row = end - 1;
         if picks.len() >= MERGE_BATCH_ROWS {
             flush(&mut sources, &mut picks, out)?;
         }
