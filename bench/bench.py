@@ -89,7 +89,8 @@ def main():
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=REPO, check=True)
     binary = os.path.join(REPO, "target", "release", "chatetl")
-    work = os.path.join(a.work, f"{a.size}-{a.format}")
+    # The generator's version is in the name: a log made by an older generator is not reused.
+    work = os.path.join(a.work, f"{a.size}-{a.format}-g2")
     log = os.path.join(work, "in", "lobby", f"chat_{DATE}.log")
     if not os.path.exists(log):
         os.makedirs(os.path.dirname(log), exist_ok=True)

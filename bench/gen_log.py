@@ -9,6 +9,12 @@ Writes one day of realistic chat log of about SIZE bytes, seeded, as Python `str
 500 senders with Zipf-like activity, 30 rooms, Hangul, emoji and punctuation including { } ' ";
 0.5% of messages hold a lone-surrogate escape, 1% a control character, 0.2% of lines are
 truncated (as when a writer crashed).
+
+Times run through the whole day, whatever the size: the seconds grow line by line at the pace
+that spreads the expected number of lines over 24 hours, and the microseconds are random within
+the second, so lines of the same second are out of order, as when several producers log.
+(Generator version 2; version 1 added 0-2 seconds a line and stopped the hour at 23, so that
+past the first 80,000 lines the times went round hour 23 again and again.)
 """
 
 import argparse
@@ -52,7 +58,11 @@ def main():
         cum.append(acc)
     written = 0
     offset = 0
-    h, m, s = 0, 0, 0
+    # Seconds of the day reached, in microseconds, and the mean step between lines: the day's
+    # 86,400 seconds over the lines that the size makes (about 158 bytes a line).
+    day_us = 86_400 * 1_000_000
+    step_us = max(1, day_us * 158 // max(target, 1))
+    t_us = 0
     with open(a.output, "w", encoding="utf-8", newline="\n") as out:
         buf = []
         while written < target:
@@ -63,13 +73,9 @@ def main():
                 r = rnd.random()
                 lone = r < 0.005
                 ctrl = 0.005 <= r < 0.015
-                s += rnd.randint(0, 2)
-                if s >= 60:
-                    s -= 60
-                    m += 1
-                if m >= 60:
-                    m = 0
-                    h = min(h + 1, 23)
+                t_us = min(t_us + rnd.randint(0, 2 * step_us), day_us - 1)
+                sec = t_us // 1_000_000
+                h, m, s = sec // 3600, sec // 60 % 60, sec % 60
                 ts = f"{a.date} {h:02d}:{m:02d}:{s:02d}.{rnd.randint(0, 999999):06d}"
                 rec = {"message": msg, "time": ts, "user": sender,
                        "chat_room": rooms[offset % 30], "offset": offset}
