@@ -882,7 +882,10 @@ impl Cursor {
         }
         let mut batches: Box<dyn Iterator<Item = Result<RecordBatch>>> = match &run.blocks {
             Blocks::Memory(v) => {
-                let range = v[first..end].to_vec();
+                let range = v
+                    .get(first..end)
+                    .ok_or_else(|| Error::Internal("a sender range past its run's end".into()))?
+                    .to_vec();
                 Box::new(range.into_iter().map(Ok))
             }
             Blocks::Spilled(path) => {
@@ -1093,12 +1096,28 @@ impl<'a> LaneFiles<'a> {
     }
 }
 
-/// Lanes for the write: one per core as the memory budget allows. Beside its share of the merge's
-/// quarter of the budget, a lane holds one row group in flight: a piece of at most
-/// `MERGE_BATCH_ROWS` gathered rows and the row group's pages, compressed but for the page being
-/// filled (a few MiB).
+/// Lanes for the write: one per core as the memory budget allows. The merge has half the budget:
+/// a quarter for the batches of the runs (split between the lanes), and a quarter for the lanes'
+/// row groups in flight, each a piece of at most `MERGE_BATCH_ROWS` gathered rows, the row
+/// group's pages, compressed but for the pages being filled, and the file's buffer (5-8 MiB).
 fn lanes(budget: usize) -> usize {
-    crate::stage::threads_within(budget, 8 << 20)
+    crate::stage::threads_within(budget / 4, 8 << 20)
+}
+
+/// Files a write may hold open for its runs: each lane reads every spilled run at once. What the
+/// process may open (its soft limit), less some for everything else.
+fn open_files_for_runs() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a local one.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    soft.saturating_sub(128).max(1)
 }
 
 /// Merges the runs and writes one Parquet file per sender, on `lanes` threads.
@@ -1130,6 +1149,22 @@ fn merge_and_write(
         .filter(|&(rows, _)| rows > 0)
         .collect();
     ranges.sort_unstable_by(|a, b| b.cmp(a));
+    // Each lane holds every spilled run open: fewer lanes when they would not all fit.
+    let spilled = runs
+        .iter()
+        .filter(|r| matches!(r.blocks, Blocks::Spilled(_)))
+        .count();
+    let lanes = lanes
+        .min(open_files_for_runs() / spilled.max(1))
+        .clamp(1, ranges.len().max(1));
+    let total: u64 = ranges.iter().map(|r| r.0).sum();
+    if let Some(&(largest, _)) = ranges.first() {
+        tracing::info!(
+            "merging {} sender ranges on {lanes} lanes; the largest holds {:.0}% of the rows",
+            ranges.len(),
+            100.0 * largest as f64 / total.max(1) as f64
+        );
+    }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (runs, ranges, factory, next, stop) = (&runs, &ranges, &factory, &next, &stop);
@@ -1146,7 +1181,7 @@ fn merge_and_write(
             }
             Ok(())
         });
-        let handles: Vec<_> = (0..lanes.clamp(1, ranges.len().max(1)))
+        let handles: Vec<_> = (0..lanes)
             .map(|_| {
                 let sync_tx = sync_tx.clone();
                 scope.spawn(move || -> Result<Vec<OutputFile>> {
@@ -1156,7 +1191,8 @@ fn merge_and_write(
                         let Some(&(_, range)) = ranges.get(i) else {
                             break;
                         };
-                        if let Err(e) = merge_range(runs, range, ranks, &mut files, progress) {
+                        let merged = merge_range(runs, range, ranks, &mut files, progress, stop);
+                        if let Err(e) = merged {
                             stop.store(true, std::sync::atomic::Ordering::Relaxed);
                             return Err(e);
                         }
@@ -1186,13 +1222,15 @@ fn merge_and_write(
     })
 }
 
-/// Merges one sender range of every run into its senders' files.
+/// Merges one sender range of every run into its senders' files; stops early, leaving the files
+/// unfinished, once `stop` is set (another lane failed, so the write fails).
 fn merge_range(
     runs: &[Run],
     range: usize,
     ranks: &Ranks,
     out: &mut LaneFiles<'_>,
     progress: &indicatif::ProgressBar,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {
     let mut cursors = Vec::new();
     for r in runs {
@@ -1263,6 +1301,9 @@ fn merge_range(
         c.row = end - 1;
         if picks.len() >= MERGE_BATCH_ROWS {
             flush(&mut sources, &mut picks, out)?;
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
         }
         // The cursor's next row: taken next if it still comes first (a sender's rows mostly come
         // in long stretches of one run), else it trades places with the heap's first.
@@ -1650,8 +1691,8 @@ mod tests {
     fn written(
         batches: &[RecordBatch],
         run_bytes: usize,
-        parts: usize,
-        lanes: usize,
+        (parts, lanes): (usize, usize),
+        chunk_rows: usize,
     ) -> (Vec<(String, Vec<u8>)>, usize) {
         let dir = tempfile::tempdir().unwrap();
         let staged = dir.path().join(STAGED_RECORDS);
@@ -1662,7 +1703,7 @@ mod tests {
         w.finish().unwrap();
         let sizes = RunSizes {
             run_bytes,
-            chunk_rows: 50,
+            chunk_rows,
             parts,
         };
         let (runs, names) = make_runs(&staged, None, sizes, 2, &dir.path().join(".spill")).unwrap();
@@ -1699,11 +1740,11 @@ mod tests {
             })
             .collect();
         let batches: Vec<RecordBatch> = rows.chunks(400).map(batch).collect();
-        let (whole, runs) = written(&batches, usize::MAX, 1, 1);
+        let (whole, runs) = written(&batches, usize::MAX, (1, 1), 50);
         assert_eq!(runs, 1);
         assert!(whole.len() > 20);
         for (parts, lanes) in [(1, 1), (8, 2), (8, 3), (3, 1)] {
-            let (got, runs) = written(&batches, 60_000, parts, lanes);
+            let (got, runs) = written(&batches, 60_000, (parts, lanes), 50);
             assert!(runs > 3, "{runs} runs");
             assert_eq!(got.len(), whole.len());
             for (g, w) in got.iter().zip(&whole) {
@@ -1716,8 +1757,47 @@ mod tests {
             }
         }
         // One run in memory, cut into ranges.
-        let (got, _) = written(&batches, usize::MAX, 8, 2);
+        let (got, _) = written(&batches, usize::MAX, (8, 2), 50);
         assert!(got == whole);
+    }
+
+    /// A sender with more rows than a row group, whose rows tie on every key across runs (they
+    /// differ in their message only, so an order that breaks ties differently shows): spilled
+    /// runs merged by ranges on lanes, pieces cut at the row group's end, give the bytes of one
+    /// run merged whole.
+    #[test]
+    fn a_sender_larger_than_a_row_group_with_ties_across_runs() {
+        let n = ROW_GROUP_ROWS + 9_000;
+        let mut batches = Vec::new();
+        let mut b = BatchBuilder::new();
+        for i in 0..n {
+            let sender = match i % 50 {
+                0 => None,
+                1 => Some("a".to_string()),
+                2 => Some("c".to_string()),
+                _ => Some("big".to_string()),
+            };
+            b.push(&Record {
+                ts: Some((i % 700) as i64),
+                sender_id: sender,
+                message: format!("m{i}"),
+                room: "r".into(),
+                kafka_offset: Some(i as i64),
+                kind: Kind::Message,
+                extra: None,
+                source_file: "f".into(),
+                source_line: (i % 300) as u64,
+            });
+            if b.len() == 4096 {
+                batches.push(b.finish());
+            }
+        }
+        batches.push(b.finish());
+        let (whole, _) = written(&batches, usize::MAX, (1, 1), 8192);
+        let (got, runs) = written(&batches, 1 << 20, (8, 2), 777);
+        assert!(runs > 3, "{runs} runs");
+        assert_eq!(got.len(), 4);
+        assert!(got == whole, "ranges on lanes changed the bytes");
     }
 
     #[test]
