@@ -1105,19 +1105,31 @@ fn lanes(budget: usize) -> usize {
 }
 
 /// Files a write may hold open for its runs: each lane reads every spilled run at once. What the
-/// process may open (its soft limit), less some for everything else.
+/// process may open, less some for everything else; the soft limit is first raised to the hard
+/// one, as a merge of many runs (a big day in a small budget) needs one file per run.
 fn open_files_for_runs() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one `rlimit` through a pointer to a local one.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1024
-    };
-    soft.saturating_sub(128).max(1)
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024 - 128;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one `rlimit` through a pointer to a local one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    usize::try_from(limit.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(128)
+        .max(1)
 }
 
 /// Merges the runs and writes one Parquet file per sender, on `lanes` threads.
