@@ -607,23 +607,19 @@ fn spill_run(
 /// bound `i - 1` on. A sender is never split, so a busy one makes its range larger and there may
 /// be fewer ranges.
 fn range_bounds(batches: &[RecordBatch], parts: usize) -> Vec<String> {
-    let mut counts: HashMap<&str, u64, foldhash::fast::RandomState> = HashMap::default();
-    let (mut nulls, mut total) = (0u64, 0u64);
-    for b in batches {
-        let senders = b.column(C_SENDER).as_string::<i32>();
-        for v in senders.iter() {
-            total += 1;
-            match v {
-                None => nulls += 1,
-                Some(s) => *counts.entry(s).or_default() += 1,
-            }
-        }
+    let senders: Vec<&dyn Array> = batches
+        .iter()
+        .map(|b| b.column(C_SENDER).as_ref())
+        .collect();
+    let (ranks, names) = string_ranks(&senders, &mut BTreeSet::new());
+    let mut rank_rows = vec![0u64; names.len() + 1];
+    for &r in ranks.iter().flatten() {
+        rank_rows[r as usize] += 1;
     }
-    let mut names: Vec<(&str, u64)> = counts.into_iter().collect();
-    names.sort_unstable();
+    let total: u64 = rank_rows.iter().sum();
     let parts = parts.max(1) as u64;
-    let (mut bounds, mut before) = (Vec::new(), nulls);
-    for (name, rows) in names {
+    let (mut bounds, mut before) = (Vec::new(), rank_rows[0]);
+    for (name, &rows) in names.into_iter().zip(&rank_rows[1..]) {
         // A range begins at the first name with at least its share of the rows before it.
         if before * parts >= total * (bounds.len() as u64 + 1) {
             bounds.push(name.to_string());
@@ -967,12 +963,6 @@ impl Ord for HeapItem {
     }
 }
 
-/// A row group's column chunks, compressed, ready to be appended to its file.
-struct EncodedRowGroup {
-    chunks: Vec<ArrowColumnChunk>,
-    rows: u64,
-}
-
 /// The files one lane writes, on the lane's own thread: the sender's file being written, its
 /// row group being encoded, and the files finished (handed to the sync thread).
 ///
@@ -1076,7 +1066,7 @@ impl<'a> LaneFiles<'a> {
         self.file
             .as_mut()
             .ok_or_else(|| Error::Internal("a row group before its file".into()))?
-            .append(EncodedRowGroup { chunks, rows })
+            .append(chunks, rows)
     }
 
     /// Ends the current sender's file: its last row group and its footer; the sync thread
@@ -1317,8 +1307,8 @@ fn merge_range(
                 return Ok(());
             }
         }
-        // The cursor's next row: taken next if it still comes first (a sender's rows mostly come
-        // in long stretches of one run), else it trades places with the heap's first.
+        // The cursor's next row: taken next if it still comes first, else it trades places with
+        // the heap's first.
         next = if c.advance(ranks)? {
             let item = HeapItem {
                 key: c.key(),
@@ -1431,19 +1421,20 @@ impl SenderFile {
         })
     }
 
-    fn append(&mut self, rg: EncodedRowGroup) -> Result<()> {
+    /// Appends a row group of `rows` rows: its column chunks, compressed.
+    fn append(&mut self, chunks: Vec<ArrowColumnChunk>, rows: u64) -> Result<()> {
         let path = &self.path;
         let mut w = self
             .writer
             .next_row_group()
             .map_err(|e| parquet_err(path, e))?;
-        for chunk in rg.chunks {
+        for chunk in chunks {
             chunk
                 .append_to_row_group(&mut w)
                 .map_err(|e| parquet_err(path, e))?;
         }
         w.close().map_err(|e| parquet_err(path, e))?;
-        self.rows += rg.rows;
+        self.rows += rows;
         Ok(())
     }
 
