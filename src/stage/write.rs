@@ -323,7 +323,68 @@ struct Run {
 /// Where a run's batches are.
 enum Blocks {
     Memory(Vec<RecordBatch>),
-    Spilled(PathBuf),
+    Spilled(Spilled),
+}
+
+/// A run spilled as an IPC file of its own, stored at `offset..offset + len` of its sorter's
+/// spill file. The sorters append their runs to one file each and the merge reads every run
+/// through that file's one descriptor (positioned reads), so a write holds one file per sorter
+/// open however many runs a big day in a small budget makes.
+struct Spilled {
+    file: Arc<File>,
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+}
+
+/// A sorter's spill file, created at its first spilled run; runs are appended.
+struct SpillFile {
+    file: Arc<File>,
+    path: PathBuf,
+    end: u64,
+}
+
+/// One spilled run's bytes as a file of their own, read with `pread`, so that any number of
+/// readers share the spill file's descriptor, each with its own position.
+struct SpillReader {
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl std::io::Read for SpillReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = self.len.saturating_sub(self.pos);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.offset + self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl std::io::Seek for SpillReader {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let at = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match at {
+            Some(at) => {
+                self.pos = at;
+                Ok(at)
+            }
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of a spilled run",
+            )),
+        }
+    }
 }
 
 /// Every distinct sender and source file of the staged rows (the null sender aside).
@@ -442,12 +503,13 @@ fn make_runs(
     let stopped = || Error::Internal("a run sorter stopped".into());
     std::thread::scope(|scope| {
         let (mut queues, mut handles) = (Vec::new(), Vec::new());
-        for _ in 0..sorters.max(1) {
+        for sorter in 0..sorters.max(1) {
             // (run number, its batches, whether it is the last, the sender ranges)
             let (tx, rx) = std::sync::mpsc::sync_channel::<RunJob>(0);
             queues.push(tx);
             handles.push(scope.spawn(move || -> Result<(Vec<(usize, Run)>, Names)> {
                 let (mut runs, mut names) = (Vec::new(), Names::default());
+                let mut spill = None;
                 for (n, batches, last, bounds) in rx {
                     let run = if n == 0 && last {
                         sort_run(batches, &mut names, MERGE_BATCH_ROWS, &bounds).map(
@@ -460,7 +522,8 @@ fn make_runs(
                     } else if batches.is_empty() {
                         continue;
                     } else {
-                        spill_run(batches, &mut names, spill_dir, n, chunk_rows, &bounds)
+                        let to = (spill_dir, sorter);
+                        spill_run(batches, &mut names, &mut spill, to, chunk_rows, &bounds)
                     };
                     match run {
                         Ok(run) => runs.push((n, run)),
@@ -574,29 +637,56 @@ fn batch_bytes(batch: &RecordBatch) -> usize {
 /// and the sender names where ranges begin.
 type RunJob = (usize, Vec<RecordBatch>, bool, Arc<Vec<String>>);
 
-/// Sorts a run, then writes it to an IPC file, one block per batch.
+/// Sorts a run, then appends it to this sorter's spill file (created at the first run, as
+/// `spill-K.arrow`) as an IPC file of its own, one block per batch.
 fn spill_run(
     batches: Vec<RecordBatch>,
     names: &mut Names,
-    dir: &Path,
-    n: usize,
+    spill: &mut Option<SpillFile>,
+    (dir, sorter): (&Path, usize),
     chunk_rows: usize,
     bounds: &[String],
 ) -> Result<Run> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    let path = dir.join(format!("run-{n:05}.arrow"));
-    let io_err = |e: arrow_schema::ArrowError| {
-        Error::io("cannot write", &path, std::io::Error::other(e.to_string()))
-    };
-    let f = File::create(&path).map_err(|e| Error::io("cannot create", &path, e))?;
-    let mut w = FileWriter::try_new(BufWriter::new(f), &staged_schema()).map_err(io_err)?;
     let (sorted, starts, rows) = sort_run(batches, names, chunk_rows, bounds)?;
+    if spill.is_none() {
+        fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        let path = dir.join(format!("spill-{sorter}.arrow"));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("cannot create", &path, e))?;
+        *spill = Some(SpillFile {
+            file: Arc::new(file),
+            path,
+            end: 0,
+        });
+    }
+    let spill = spill.as_mut().expect("created above");
+    let path = &spill.path;
+    let io_err = |e: arrow_schema::ArrowError| {
+        Error::io("cannot write", path, std::io::Error::other(e.to_string()))
+    };
+    // Appended at `end`: this thread alone writes this file, and nobody reads it yet.
+    let mut w =
+        FileWriter::try_new(BufWriter::new(&*spill.file), &staged_schema()).map_err(io_err)?;
     for b in sorted {
         w.write(&b).map_err(io_err)?;
     }
     w.finish().map_err(io_err)?;
+    let mut out = w.into_inner().map_err(io_err)?;
+    let end =
+        std::io::Seek::stream_position(&mut out).map_err(|e| Error::io("cannot write", path, e))?;
+    let blocks = Blocks::Spilled(Spilled {
+        file: spill.file.clone(),
+        path: path.clone(),
+        offset: spill.end,
+        len: end - spill.end,
+    });
+    spill.end = end;
     Ok(Run {
-        blocks: Blocks::Spilled(path),
+        blocks,
         starts,
         rows,
     })
@@ -884,12 +974,17 @@ impl Cursor {
                     .to_vec();
                 Box::new(range.into_iter().map(Ok))
             }
-            Blocks::Spilled(path) => {
-                let path = path.clone();
+            Blocks::Spilled(spilled) => {
+                let path = spilled.path.clone();
                 let cannot = |e: &dyn std::fmt::Display| {
                     Error::io("cannot read", &path, std::io::Error::other(e.to_string()))
                 };
-                let f = File::open(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+                let f = SpillReader {
+                    file: spilled.file.clone(),
+                    offset: spilled.offset,
+                    len: spilled.len,
+                    pos: 0,
+                };
                 let r = FileReader::try_new(BufReader::new(f), None).map_err(|e| cannot(&e))?;
                 // SAFETY: `spill_run` wrote this file moments ago in this call, into the date's
                 // private temporary directory, from batches that were validated when the staged
@@ -1094,34 +1189,6 @@ fn lanes(budget: usize) -> usize {
     crate::stage::threads_within(budget / 4, 8 << 20)
 }
 
-/// Files a write may hold open for its runs: each lane reads every spilled run at once. What the
-/// process may open, less some for everything else; the soft limit is first raised to the hard
-/// one, as a merge of many runs (a big day in a small budget) needs one file per run.
-fn open_files_for_runs() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` through a pointer to a local one.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024 - 128;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads one `rlimit` through a pointer to a local one.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit.rlim_cur = limit.rlim_max;
-        }
-    }
-    usize::try_from(limit.rlim_cur)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(128)
-        .max(1)
-}
-
 /// Merges the runs and writes one Parquet file per sender, on `lanes` threads.
 ///
 /// Every run is cut at the same sender names into ranges, so the ranges are independent: each
@@ -1151,14 +1218,7 @@ fn merge_and_write(
         .filter(|&(rows, _)| rows > 0)
         .collect();
     ranges.sort_unstable_by(|a, b| b.cmp(a));
-    // Each lane holds every spilled run open: fewer lanes when they would not all fit.
-    let spilled = runs
-        .iter()
-        .filter(|r| matches!(r.blocks, Blocks::Spilled(_)))
-        .count();
-    let lanes = lanes
-        .min(open_files_for_runs() / spilled.max(1))
-        .clamp(1, ranges.len().max(1));
+    let lanes = lanes.clamp(1, ranges.len().max(1));
     let total: u64 = ranges.iter().map(|r| r.0).sum();
     if let Some(&(largest, _)) = ranges.first() {
         tracing::info!(
@@ -1709,8 +1769,12 @@ mod tests {
             chunk_rows,
             parts,
         };
-        let (runs, names) = make_runs(&staged, None, sizes, 2, &dir.path().join(".spill")).unwrap();
+        let spill = dir.path().join(".spill");
+        let (runs, names) = make_runs(&staged, None, sizes, 2, &spill).unwrap();
         let count = runs.len();
+        // However many runs, one spill file per sorter.
+        let spill_files = fs::read_dir(&spill).map_or(0, |d| d.count());
+        assert_eq!(spill_files, if count > 1 { 2 } else { 0 }, "{count} runs");
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
         let bar = indicatif::ProgressBar::hidden();
@@ -1801,6 +1865,38 @@ mod tests {
         assert!(runs > 3, "{runs} runs");
         assert_eq!(got.len(), 4);
         assert!(got == whole, "ranges on lanes changed the bytes");
+    }
+
+    /// A run read back from its sorter's spill file sees only its own bytes, from any position.
+    #[test]
+    fn spill_reader_reads_and_seeks_within_its_run() {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spill");
+        fs::File::create(&path)
+            .unwrap()
+            .write_all(b"aaaaRUN-BYTESzz")
+            .unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        let reader = || SpillReader {
+            file: file.clone(),
+            offset: 4,
+            len: 9,
+            pos: 0,
+        };
+        let (mut a, mut b) = (reader(), reader());
+        let mut got = String::new();
+        a.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "RUN-BYTES");
+        assert_eq!(b.seek(SeekFrom::End(-5)).unwrap(), 4);
+        let mut tail = [0u8; 16];
+        assert_eq!(b.read(&mut tail).unwrap(), 5);
+        assert_eq!(&tail[..5], b"BYTES");
+        assert_eq!(b.read(&mut tail).unwrap(), 0);
+        assert_eq!(b.seek(SeekFrom::Current(-9)).unwrap(), 0);
+        assert!(b.seek(SeekFrom::Current(-1)).is_err());
+        assert_eq!(b.seek(SeekFrom::Start(20)).unwrap(), 20);
+        assert_eq!(b.read(&mut tail).unwrap(), 0);
     }
 
     #[test]
