@@ -4,6 +4,7 @@
   bench/bench.py                      # 1 GiB repr log under /tmp/chatetl-bench (generated once)
   bench/bench.py --format json        # 1 GiB of JSON lines, with DuckDB as the reference
   bench/bench.py --size 256M --format json --budget 128
+  bench/bench.py --format json --compression snappy   # DuckDB's own codec, like for like
 
 Builds the release binary, generates the input with bench/gen_log.py when it is missing (seeded,
 so the same size and format always give the same file), then runs each stage in a fresh process
@@ -27,8 +28,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATE = "2024-10-24"
 
 
-def run_stage(binary, work, budget, args):
+def run_stage(binary, work, budget, args, compression=None):
     env = dict(os.environ, CHATETL_MEMORY_BUDGET_MB=str(budget), CHATETL_CONFIG="/dev/null")
+    env.pop("CHATETL_COMPRESSION", None)
+    if compression:
+        env["CHATETL_COMPRESSION"] = compression
     cmd = [binary, "--input-root", "in", "--output-root", "out", "--tz", "Asia/Seoul", "--json"]
     cmd += args
     t0 = time.monotonic()
@@ -79,6 +83,9 @@ def main():
     ap.add_argument("--size", default="1G")
     ap.add_argument("--format", default="repr", choices=["repr", "json", "json-ascii"])
     ap.add_argument("--budget", type=int, default=512, help="memory_budget_mb")
+    ap.add_argument("--compression", default=None,
+                    help="chatetl's Parquet codec (zstd, zstd:LEVEL, snappy, lz4, none); "
+                         "default: chatetl's default, zstd")
     ap.add_argument("--work", default="/tmp/chatetl-bench")
     ap.add_argument("--duckdb-python", default=os.environ.get(
         "CHATETL_TEST_PYTHON", os.path.join(REPO, ".venv-test", "bin", "python")))
@@ -101,15 +108,19 @@ def main():
         )
     size = os.path.getsize(log)
     print(f"input: {log} ({size / 1e6:.0f} MB), memory budget {a.budget} MiB, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, chatetl compression {a.compression or 'zstd (default)'}"
+          f"{', DuckDB snappy (its default)' if a.format.startswith('json') else ''}")
     shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
 
-    ex, t_ex, rss_ex = run_stage(binary, work, a.budget, ["extract", "--date", DATE])
+    def stage(*args):
+        return run_stage(binary, work, a.budget, [*args, "--date", DATE], a.compression)
+
+    ex, t_ex, rss_ex = stage("extract")
     tot = ex["summary"]["totals"]
-    wr, t_wr, rss_wr = run_stage(binary, work, a.budget, ["write", "--date", DATE])
-    _, t_ag, rss_ag = run_stage(binary, work, a.budget, ["aggregate", "--date", DATE])
+    wr, t_wr, rss_wr = stage("write")
+    _, t_ag, rss_ag = stage("aggregate")
     shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
-    _, t_run, rss_run = run_stage(binary, work, a.budget, ["run", "--no-notify", "--date", DATE])
+    _, t_run, rss_run = stage("run", "--no-notify")
 
     rows = tot["staged"]
     t_exwr = (t_ex[0] + t_wr[0], t_ex[1] + t_wr[1])

@@ -385,10 +385,12 @@ fn aggregate_date(settings: &Settings, layout: &Layout, date: NaiveDate) -> Resu
     Ok(dir.display().to_string())
 }
 
-/// True when the manifest lists exactly the files found now, with the same sizes and hashes.
+/// True when the manifest lists exactly the files found now, with the same sizes and hashes, and
+/// was written by this version with the same zone and codec.
 fn inputs_unchanged(m: &write::Manifest, found: &Discovery, settings: &Settings) -> Result<bool> {
     if m.tool_version != env!("CARGO_PKG_VERSION")
         || m.tz != settings.tz.name()
+        || m.compression != settings.compression.to_string()
         || m.inputs.len() != found.files.len()
     {
         return Ok(false);

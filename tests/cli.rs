@@ -827,6 +827,116 @@ fn run_twice_is_byte_identical_and_never_touches_another_date() {
     assert_eq!(after, before);
 }
 
+/// The codecs of every column chunk of every Parquet file under `dir` (messages or aggregates),
+/// without zstd's level, which files do not record.
+fn parquet_codecs(dir: &Path) -> std::collections::BTreeSet<String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut codecs = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let r = SerializedFileReader::new(fs::File::open(&p).unwrap()).unwrap();
+                for g in r.metadata().row_groups() {
+                    for c in g.columns() {
+                        let codec = format!("{:?}", c.compression());
+                        codecs.insert(codec.split('(').next().unwrap().to_string());
+                    }
+                }
+            }
+        }
+    }
+    codecs
+}
+
+#[test]
+fn compression_is_chosen_recorded_and_rebuilds_the_date() {
+    let (dir, input, out) = workspace();
+    let date = "2024-10-24";
+    let messages = out.join(format!("messages/date={date}"));
+    let aggregates = out.join(format!("aggregates/date={date}"));
+    let manifest = || -> Value {
+        serde_json::from_slice(&fs::read(messages.join("_SUCCESS")).unwrap()).unwrap()
+    };
+    let run_with = |codec: Option<&str>| {
+        let mut c = chatetl(dir.path());
+        if let Some(codec) = codec {
+            c.env("CHATETL_COMPRESSION", codec);
+        }
+        c.args(args(
+            &input,
+            &out,
+            &["--json", "run", "--no-notify", "--date", date],
+        ))
+        .output()
+        .unwrap()
+    };
+    let status = |o: &Output| {
+        json_of(o)["dates"][0]["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let o = run_with(None);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let first = manifest();
+    assert_eq!(first["compression"], "zstd");
+    assert_eq!(parquet_codecs(&messages), ["ZSTD".to_string()].into());
+    // Another codec: the date is rebuilt, not up to date, with the same rows in every file.
+    for (codec, expected) in [
+        ("snappy", "SNAPPY"),
+        ("lz4", "LZ4_RAW"),
+        ("none", "UNCOMPRESSED"),
+        ("zstd:9", "ZSTD"),
+    ] {
+        let o = run_with(Some(codec));
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert_eq!(status(&o), "ok", "{codec}: {}", stdout(&o));
+        let m = manifest();
+        assert_eq!(m["compression"], codec);
+        assert_eq!(
+            parquet_codecs(&messages),
+            [expected.to_string()].into(),
+            "{codec}"
+        );
+        let rows = |m: &Value| -> Vec<(Value, Value)> {
+            m["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| (f["path"].clone(), f["rows"].clone()))
+                .collect()
+        };
+        assert_eq!(rows(&m), rows(&first), "{codec}");
+        // Files record the codec but not zstd's level: level 9 shows in the bytes (not always
+        // fewer on files this small).
+        if codec == "zstd:9" {
+            assert_ne!(m["files"], first["files"]);
+        }
+        // The aggregates follow (zstd at polars' own level for any zstd level).
+        assert_eq!(
+            parquet_codecs(&aggregates),
+            [expected.to_string()].into(),
+            "{codec}"
+        );
+    }
+    // The same codec again: up to date.
+    let o = run_with(Some("zstd:9"));
+    assert_eq!(status(&o), "up_to_date", "{}", stdout(&o));
+    // Back to the default: the bytes of the first run.
+    let o = run_with(None);
+    assert_eq!(status(&o), "ok", "{}", stdout(&o));
+    assert_eq!(manifest(), first);
+    // An unknown codec is a configuration error, and the date stays as it was.
+    let o = run_with(Some("brotli"));
+    assert_eq!(code(&o), 78, "{}", stderr(&o));
+    assert!(stderr(&o).contains("CHATETL_COMPRESSION"), "{}", stderr(&o));
+    assert_eq!(manifest(), first);
+}
+
 /// Checks that `messages/date=D` is complete: `_SUCCESS` lists exactly the Parquet files on disk,
 /// with their sizes and hashes. Returns the manifest's row count.
 fn assert_complete_date(date_dir: &Path) -> u64 {

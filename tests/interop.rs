@@ -19,12 +19,15 @@ use serde_json::Value;
 
 type Row = (String, Option<String>, String, i64, String);
 
-fn chatetl(dir: &Path, args: &[&str]) -> Value {
+fn chatetl(dir: &Path, args: &[&str], codec: Option<&str>) -> Value {
     let mut c = Command::new(env!("CARGO_BIN_EXE_chatetl"));
     for (k, _) in std::env::vars() {
         if k.starts_with("CHATETL_") {
             c.env_remove(k);
         }
+    }
+    if let Some(codec) = codec {
+        c.env("CHATETL_COMPRESSION", codec);
     }
     let o = c
         .args(args)
@@ -84,7 +87,8 @@ struct Dataset {
 }
 
 /// Runs extract + write for `date` on the input tree `setup` fills under `in/`.
-fn build(date: &str, setup: impl FnOnce(&Path)) -> Dataset {
+/// A dataset written with the default codec, or with `codec`.
+fn build(date: &str, codec: Option<&str>, setup: impl FnOnce(&Path)) -> Dataset {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     fs::create_dir_all(&input).unwrap();
@@ -103,7 +107,7 @@ fn build(date: &str, setup: impl FnOnce(&Path)) -> Dataset {
     for stage in ["extract", "write"] {
         let mut a = common.to_vec();
         a.extend([stage, "--date", date]);
-        let v = chatetl(dir.path(), &a);
+        let v = chatetl(dir.path(), &a, codec);
         if stage == "extract" {
             per_sender = serde_json::from_value(v["summary"]["per_sender"].clone()).unwrap();
         }
@@ -121,8 +125,8 @@ fn build(date: &str, setup: impl FnOnce(&Path)) -> Dataset {
 }
 
 /// The hostile-sender fixture: three messages from each sender in `hostile_senders`.
-fn hostile_dataset() -> Dataset {
-    build("2024-10-24", |input| {
+fn hostile_dataset(codec: Option<&str>) -> Dataset {
+    build("2024-10-24", codec, |input| {
         let mut lines = String::new();
         for (i, s) in hostile_senders().iter().enumerate() {
             for k in 0..3 {
@@ -150,7 +154,7 @@ fn corpus_dataset() -> Option<Dataset> {
         eprintln!("skipped corpus: ../shared/corpus is absent");
         return None;
     }
-    Some(build("2024-08-27", |input| {
+    Some(build("2024-08-27", None, |input| {
         for sub in fs::read_dir(&corpus).unwrap() {
             let sub = sub.unwrap().path();
             if !sub.is_dir() {
@@ -167,9 +171,17 @@ fn corpus_dataset() -> Option<Dataset> {
 }
 
 fn datasets() -> Vec<(&'static str, Dataset)> {
-    let hostile = hostile_dataset();
+    let hostile = hostile_dataset(None);
     assert_eq!(hostile.expected.len(), hostile_senders().len() * 3);
     let mut v = vec![("hostile senders", hostile)];
+    // The other codecs a user may choose (`compression`), on the same fixture.
+    for (name, codec) in [
+        ("hostile senders, snappy", "snappy"),
+        ("hostile senders, lz4", "lz4"),
+        ("hostile senders, uncompressed", "none"),
+    ] {
+        v.push((name, hostile_dataset(Some(codec))));
+    }
     if let Some(c) = corpus_dataset() {
         assert!(
             c.expected.len() > 900,

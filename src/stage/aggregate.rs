@@ -27,7 +27,7 @@ use polars::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Settings;
+use crate::config::{Codec, Settings};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::layout::{Layout, fsync_path, swap_into_place};
@@ -131,7 +131,8 @@ pub fn build(
             .join(format!("range={}_{}", opts.from, opts.to))
     };
     let tmp = layout.new_tmp_dir("aggregates", opts.from)?;
-    let written = write_outputs(&agg, opts.top, &tmp).and_then(|()| swap_into_place(&tmp, &dest));
+    let written = write_outputs(&agg, (opts.top, settings.compression), &tmp)
+        .and_then(|()| swap_into_place(&tmp, &dest));
     if let Err(e) = written {
         let _ = crate::layout::remove_path(&tmp);
         return Err(e);
@@ -688,7 +689,17 @@ fn changes_case(c: char) -> bool {
 }
 
 /// Writes the Parquet files and summary.json into `dir` and syncs them.
-fn write_outputs(agg: &Aggregates, top: usize, dir: &Path) -> Result<()> {
+/// The aggregates' codec: the messages' one (zstd at polars' own level: the tables are small).
+fn polars_codec(codec: Codec) -> ParquetCompression {
+    match codec {
+        Codec::Zstd(_) => ParquetCompression::Zstd(None),
+        Codec::Snappy => ParquetCompression::Snappy,
+        Codec::Lz4 => ParquetCompression::Lz4Raw,
+        Codec::None => ParquetCompression::Uncompressed,
+    }
+}
+
+fn write_outputs(agg: &Aggregates, (top, codec): (usize, Codec), dir: &Path) -> Result<()> {
     let ts_type = DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC));
     let mut senders = df!(
         "sender_id" => agg.senders.iter().map(|s| s.sender_id.clone()).collect::<Vec<_>>(),
@@ -746,7 +757,7 @@ fn write_outputs(agg: &Aggregates, top: usize, dir: &Path) -> Result<()> {
         let path = dir.join(name);
         let f = File::create(&path).map_err(|e| Error::cant_create(&path, e))?;
         ParquetWriter::new(f)
-            .with_compression(ParquetCompression::Zstd(None))
+            .with_compression(polars_codec(codec))
             .finish(df)
             .map_err(|e| Error::io("cannot write", &path, std::io::Error::other(e.to_string())))?;
         File::open(&path)

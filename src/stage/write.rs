@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::config::Settings;
+use crate::config::{Codec, Settings};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::layout::{Layout, fsync_path, sender_dir_name, swap_into_place};
@@ -95,6 +95,9 @@ pub struct Manifest {
     pub date: NaiveDate,
     /// Zone used for naive times.
     pub tz: String,
+    /// Codec of the Parquet files (`zstd` in manifests from before it could be chosen).
+    #[serde(default = "zstd")]
+    pub compression: String,
     /// Inputs.
     pub inputs: Vec<ManifestInput>,
     /// Line and record counts from extract.
@@ -103,6 +106,10 @@ pub struct Manifest {
     pub files: Vec<OutputFile>,
     /// Rows written (equals `counts.staged`).
     pub rows: u64,
+}
+
+fn zstd() -> String {
+    Codec::default().to_string()
 }
 
 /// Reads the manifest of a complete date, if any.
@@ -255,7 +262,7 @@ fn build(
     )?;
     let ranks = Ranks::new(names);
     let progress = crate::progress::rows(summary.totals.staged, "write");
-    let mut files = merge_and_write(runs, &ranks, tmp, lanes, &progress)?;
+    let mut files = merge_and_write(runs, &ranks, tmp, (lanes, settings.compression), &progress)?;
     progress.finish_and_clear();
     if spill_dir.exists() {
         fs::remove_dir_all(&spill_dir).map_err(|e| Error::io("cannot remove", &spill_dir, e))?;
@@ -273,6 +280,7 @@ fn build(
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         date,
         tz: summary.tz.clone(),
+        compression: settings.compression.to_string(),
         inputs: summary
             .files
             .iter()
@@ -1069,6 +1077,7 @@ impl Ord for HeapItem {
 struct LaneFiles<'a> {
     dir: &'a Path,
     factory: &'a ArrowRowGroupWriterFactory,
+    codec: Codec,
     schema: arrow_schema::SchemaRef,
     synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
     file: Option<SenderFile>,
@@ -1082,12 +1091,13 @@ struct LaneFiles<'a> {
 impl<'a> LaneFiles<'a> {
     fn new(
         dir: &'a Path,
-        factory: &'a ArrowRowGroupWriterFactory,
+        (factory, codec): (&'a ArrowRowGroupWriterFactory, Codec),
         synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
     ) -> LaneFiles<'a> {
         LaneFiles {
             dir,
             factory,
+            codec,
             schema: parquet_schema(),
             synced,
             file: None,
@@ -1105,7 +1115,7 @@ impl<'a> LaneFiles<'a> {
                 "a file opened before the last was closed".into(),
             ));
         }
-        self.file = Some(SenderFile::create(self.dir, sender)?);
+        self.file = Some(SenderFile::create(self.dir, sender, self.codec)?);
         self.row_group = 0;
         Ok(())
     }
@@ -1200,11 +1210,11 @@ fn merge_and_write(
     runs: Vec<Run>,
     ranks: &Ranks,
     dir: &Path,
-    lanes: usize,
+    (lanes, codec): (usize, Codec),
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<OutputFile>> {
     // Column writers for every file's row groups: all files share the schema and properties.
-    let (_, factory) = parquet_file_writer(std::io::sink())
+    let (_, factory) = parquet_file_writer(std::io::sink(), codec)
         .map_err(|e| Error::Internal(format!("parquet writer: {e}")))?;
     let parts = runs.first().map_or(0, |r| r.rows.len());
     if runs
@@ -1247,7 +1257,7 @@ fn merge_and_write(
             .map(|_| {
                 let sync_tx = sync_tx.clone();
                 scope.spawn(move || -> Result<Vec<OutputFile>> {
-                    let mut files = LaneFiles::new(dir, factory, sync_tx);
+                    let mut files = LaneFiles::new(dir, (factory, codec), sync_tx);
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(&(_, range)) = ranges.get(i) else {
@@ -1410,7 +1420,7 @@ impl std::io::Write for HashingFile {
 
 /// Writer settings: zstd, statistics (but for free text), fixed `created_by` so files are
 /// reproducible.
-pub fn writer_properties() -> WriterProperties {
+pub fn writer_properties(codec: Codec) -> WriterProperties {
     let mut b = WriterProperties::builder();
     // Columns whose values rarely repeat in a sender's day: dictionary encoding would only fill
     // a dictionary, fall back to plain, and cost about a tenth of write in hashing.
@@ -1430,14 +1440,23 @@ pub fn writer_properties() -> WriterProperties {
     for column in ["message", "extra"] {
         b = b.set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
     }
-    // Level 1: 6% larger files than level 3 for a third less compression time.
-    b.set_compression(Compression::ZSTD(
-        ZstdLevel::try_new(1).expect("valid zstd level"),
-    ))
-    .set_statistics_enabled(EnabledStatistics::Page)
-    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-    .set_created_by(format!("chatetl {}", env!("CARGO_PKG_VERSION")))
-    .build()
+    b.set_compression(parquet_codec(codec))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("chatetl {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// The Parquet codec of a configured one (its zstd levels are checked when settings are read).
+pub fn parquet_codec(codec: Codec) -> Compression {
+    match codec {
+        Codec::Zstd(level) => {
+            Compression::ZSTD(ZstdLevel::try_new(i32::from(level)).unwrap_or_default())
+        }
+        Codec::Snappy => Compression::SNAPPY,
+        Codec::Lz4 => Compression::LZ4_RAW,
+        Codec::None => Compression::UNCOMPRESSED,
+    }
 }
 
 /// A Parquet file writer over `w` with the files' schema and properties (`ArrowWriter` writes the
@@ -1445,8 +1464,10 @@ pub fn writer_properties() -> WriterProperties {
 /// for its row groups.
 fn parquet_file_writer<W: std::io::Write + Send>(
     w: W,
+    codec: Codec,
 ) -> parquet::errors::Result<(SerializedFileWriter<W>, ArrowRowGroupWriterFactory)> {
-    ArrowWriter::try_new(w, parquet_schema(), Some(writer_properties()))?.into_serialized_writer()
+    ArrowWriter::try_new(w, parquet_schema(), Some(writer_properties(codec)))?
+        .into_serialized_writer()
 }
 
 /// One sender's Parquet file being written, row group by row group.
@@ -1459,7 +1480,7 @@ struct SenderFile {
 }
 
 impl SenderFile {
-    fn create(dir: &Path, sender: Option<String>) -> Result<SenderFile> {
+    fn create(dir: &Path, sender: Option<String>, codec: Codec) -> Result<SenderFile> {
         let rel = format!("{}/part-00000.parquet", sender_dir_name(sender.as_deref()));
         let path = dir.join(&rel);
         let parent = path.parent().expect("file has a parent");
@@ -1470,7 +1491,7 @@ impl SenderFile {
             hasher: Sha256::new(),
             bytes: 0,
         };
-        let (writer, _) = parquet_file_writer(BufWriter::with_capacity(1 << 20, hashing))
+        let (writer, _) = parquet_file_writer(BufWriter::with_capacity(1 << 20, hashing), codec)
             .map_err(|e| parquet_err(&path, e))?;
         Ok(SenderFile {
             sender,
@@ -1778,7 +1799,14 @@ mod tests {
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
         let bar = indicatif::ProgressBar::hidden();
-        let mut files = merge_and_write(runs, &Ranks::new(names), &out, lanes, &bar).unwrap();
+        let mut files = merge_and_write(
+            runs,
+            &Ranks::new(names),
+            &out,
+            (lanes, Codec::default()),
+            &bar,
+        )
+        .unwrap();
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let files = files
             .into_iter()
@@ -1956,8 +1984,12 @@ mod tests {
         let pieces: Vec<Vec<(usize, usize)>> =
             picks.chunks(MERGE_BATCH_ROWS).map(|c| c.to_vec()).collect();
 
-        let mut expected =
-            ArrowWriter::try_new(Vec::new(), parquet_schema(), Some(writer_properties())).unwrap();
+        let mut expected = ArrowWriter::try_new(
+            Vec::new(),
+            parquet_schema(),
+            Some(writer_properties(Codec::default())),
+        )
+        .unwrap();
         for p in &pieces {
             expected
                 .write(&gather(&parquet_schema(), &sources, p).unwrap())
@@ -1967,9 +1999,9 @@ mod tests {
 
         {
             let dir = tempfile::tempdir().unwrap();
-            let (_, factory) = parquet_file_writer(std::io::sink()).unwrap();
+            let (_, factory) = parquet_file_writer(std::io::sink(), Codec::default()).unwrap();
             let (synced, sync_rx) = std::sync::mpsc::sync_channel(64);
-            let mut out = LaneFiles::new(dir.path(), &factory, synced);
+            let mut out = LaneFiles::new(dir.path(), (&factory, Codec::default()), synced);
             out.open(Some("s1".into())).unwrap();
             for p in &pieces {
                 out.rows(&sources, p).unwrap();
