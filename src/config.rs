@@ -98,7 +98,7 @@ struct FileConfig {
     max_line_bytes: Option<usize>,
     max_reject_ratio: Option<f64>,
     memory_budget_mb: Option<u64>,
-    compression: Option<String>,
+    compression: Option<Codec>,
     system_senders: Option<Vec<String>>,
     stop_words: Option<Vec<String>>,
     fields: Option<FieldAliases>,
@@ -283,6 +283,15 @@ impl std::str::FromStr for Codec {
     }
 }
 
+/// In the config file, the same words as in the environment.
+impl<'de> Deserialize<'de> for Codec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Codec, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::fmt::Display for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -403,19 +412,12 @@ impl Settings {
             file.memory_budget_mb,
             512
         );
-        let compression = match file.compression {
-            Some(c) => Some(
-                c.parse::<Codec>()
-                    .map_err(|e| Error::Config(format!("compression in the config file: {e}")))?,
-            ),
-            None => None,
-        };
         let compression = pick!(
             "compression",
             None,
             "CHATETL_COMPRESSION",
             |s: &str| s.parse::<Codec>(),
-            compression,
+            file.compression,
             Codec::default()
         );
         let system_senders = pick!(
@@ -845,10 +847,11 @@ mod tests {
         for bad in ["gzip", "zstd:0", "zstd:23", "zstd:", "zstd:x", ""] {
             assert!(bad.parse::<Codec>().is_err(), "{bad:?}");
         }
-        let (_d, args) = with_file("compression = \"brotli\"\n");
+        let (_d, args) = with_file("tz = \"UTC\"\ncompression = \"brotli\"\n");
         let e = load(args, &[]).unwrap_err();
         assert_eq!(e.exit_code().code(), 78);
         assert!(e.to_string().contains("brotli"), "{e}");
+        assert!(e.to_string().contains("line 2"), "{e}");
         let e = load(GlobalArgs::default(), &[("CHATETL_COMPRESSION", "zstd:30")]).unwrap_err();
         assert!(e.to_string().contains("CHATETL_COMPRESSION"), "{e}");
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::config::Settings;
+use crate::config::{Codec, Settings};
 use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::input::Discovery;
@@ -356,10 +356,12 @@ fn run_date(
         res.rows = m.rows;
         res.rejected = m.counts.rejected;
         res.output = Some(layout.messages_dir(date).display().to_string());
-        res.aggregates = Some(match aggregate::committed_dir(layout, date) {
-            Some(dir) => dir.display().to_string(),
-            None => res.stage("aggregate", || aggregate_date(settings, layout, date))?,
-        });
+        res.aggregates = Some(
+            match aggregate::committed_dir(layout, date, settings.compression) {
+                Some(dir) => dir.display().to_string(),
+                None => res.stage("aggregate", || aggregate_date(settings, layout, date))?,
+            },
+        );
         return Ok(());
     }
     let summary = res
@@ -390,7 +392,7 @@ fn aggregate_date(settings: &Settings, layout: &Layout, date: NaiveDate) -> Resu
 fn inputs_unchanged(m: &write::Manifest, found: &Discovery, settings: &Settings) -> Result<bool> {
     if m.tool_version != env!("CARGO_PKG_VERSION")
         || m.tz != settings.tz.name()
-        || m.compression != settings.compression.to_string()
+        || m.compression.parse::<Codec>() != Ok(settings.compression)
         || m.inputs.len() != found.files.len()
     {
         return Ok(false);

@@ -935,6 +935,18 @@ fn compression_is_chosen_recorded_and_rebuilds_the_date() {
     assert_eq!(code(&o), 78, "{}", stderr(&o));
     assert!(stderr(&o).contains("CHATETL_COMPRESSION"), "{}", stderr(&o));
     assert_eq!(manifest(), first);
+    // Messages rewritten alone with the default codec after a snappy run: `run` finds them up to
+    // date but rebuilds the aggregates, still snappy.
+    assert_eq!(code(&run_with(Some("snappy"))), 0);
+    let o = chatetl(dir.path())
+        .args(args(&input, &out, &["write", "--date", date]))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(parquet_codecs(&aggregates), ["SNAPPY".to_string()].into());
+    let o = run_with(None);
+    assert_eq!(status(&o), "up_to_date", "{}", stdout(&o));
+    assert_eq!(parquet_codecs(&aggregates), ["ZSTD".to_string()].into());
 }
 
 /// Checks that `messages/date=D` is complete: `_SUCCESS` lists exactly the Parquet files on disk,

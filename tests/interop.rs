@@ -340,14 +340,21 @@ fn pyarrow_duckdb_and_spark_read_the_hive_dataset_exactly() {
     };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/read_back.py");
     for (name, ds) in datasets() {
+        // Spark (10 s to start) on the default codec and on lz4, the one it read last (Parquet's
+        // LZ4_RAW came in parquet-mr 1.12.3); snappy is its own default.
+        let readers: &[&str] = match name.contains(", ") && !name.ends_with("lz4") {
+            true => &["pyarrow", "duckdb"],
+            false => &["pyarrow", "duckdb", "spark"],
+        };
         let o = Command::new(&python)
             .arg(&script)
             .arg(ds.out.join("messages"))
+            .args(readers)
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        for reader in ["pyarrow", "duckdb", "spark"] {
+        for reader in readers {
             let got: Vec<Row> = v[reader]
                 .as_array()
                 .unwrap_or_else(|| panic!("{reader} missing"))

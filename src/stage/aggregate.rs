@@ -688,7 +688,6 @@ fn changes_case(c: char) -> bool {
     }
 }
 
-/// Writes the Parquet files and summary.json into `dir` and syncs them.
 /// The aggregates' codec: the messages' one (zstd at polars' own level: the tables are small).
 fn polars_codec(codec: Codec) -> ParquetCompression {
     match codec {
@@ -699,6 +698,7 @@ fn polars_codec(codec: Codec) -> ParquetCompression {
     }
 }
 
+/// Writes the Parquet files and summary.json into `dir` and syncs them.
 fn write_outputs(agg: &Aggregates, (top, codec): (usize, Codec), dir: &Path) -> Result<()> {
     let ts_type = DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC));
     let mut senders = df!(
@@ -927,10 +927,32 @@ fn outcome(agg: &Aggregates, opts: &AggregateOptions, dest: &Path, seconds: f64)
     }
 }
 
-/// The aggregates directory of a committed single date, if any (for `run` and reports).
-pub fn committed_dir(layout: &Layout, date: NaiveDate) -> Option<PathBuf> {
+/// The aggregates directory of a committed single date whose tables were written with `codec`,
+/// if any (for `run`, which rebuilds aggregates written with another codec).
+pub fn committed_dir(layout: &Layout, date: NaiveDate, codec: Codec) -> Option<PathBuf> {
     let d = layout.aggregates_dir(date);
-    d.join("summary.json").is_file().then_some(d)
+    (d.join("summary.json").is_file() && written_with(&d.join("senders.parquet"), codec))
+        .then_some(d)
+}
+
+/// Whether a table was compressed with `codec` (as the aggregates use it: zstd at any level),
+/// from its first column chunk (a table without one compressed nothing); false when it cannot be
+/// read.
+fn written_with(table: &Path, codec: Codec) -> bool {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let Ok(reader) = File::open(table).map(SerializedFileReader::new) else {
+        return false;
+    };
+    let Ok(reader) = reader else { return false };
+    let first = reader
+        .metadata()
+        .row_groups()
+        .first()
+        .and_then(|g| g.columns().first());
+    let expected = crate::stage::write::parquet_codec(codec);
+    first.is_none_or(|c| {
+        std::mem::discriminant(&c.compression()) == std::mem::discriminant(&expected)
+    })
 }
 
 #[cfg(test)]

@@ -994,9 +994,10 @@ impl Cursor {
                     pos: 0,
                 };
                 let r = FileReader::try_new(BufReader::new(f), None).map_err(|e| cannot(&e))?;
-                // SAFETY: `spill_run` wrote this file moments ago in this call, into the date's
-                // private temporary directory, from batches that were validated when the staged
-                // records were read; validating them again (UTF-8 above all) was a tenth of write.
+                // SAFETY: `spill_run` wrote this run moments ago in this call, at these offsets of
+                // its sorter's spill file in the date's private temporary directory, from batches
+                // that were validated when the staged records were read; validating them again
+                // (UTF-8 above all) was a tenth of write.
                 let mut r = unsafe { r.with_skip_validation(true) };
                 if r.num_batches() < end {
                     return Err(cannot(&"fewer blocks than were written"));
@@ -1418,8 +1419,8 @@ impl std::io::Write for HashingFile {
     }
 }
 
-/// Writer settings: zstd, statistics (but for free text), fixed `created_by` so files are
-/// reproducible.
+/// Writer settings: the configured codec, statistics (but for free text), fixed `created_by` so
+/// files are reproducible.
 pub fn writer_properties(codec: Codec) -> WriterProperties {
     let mut b = WriterProperties::builder();
     // Columns whose values rarely repeat in a sender's day: dictionary encoding would only fill
