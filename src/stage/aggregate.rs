@@ -298,7 +298,6 @@ impl Tally {
         &mut self,
         part: &Path,
         include_system: bool,
-        stops: &HashSet<&str>,
         hours: &mut LocalHours<'_>,
         slice: IdxSize,
     ) -> Result<()> {
@@ -321,19 +320,14 @@ impl Tally {
                 ])
                 .collect()
                 .map_err(|e| polars_err(&format!("{}", part.display()), e))?;
-            self.add_rows(&rows, stops, hours)?;
+            self.add_rows(&rows, hours)?;
             offset += u64::from(slice);
         }
         Ok(())
     }
 
     /// Adds rows (sender_id, room, ts, message) of one sender partition.
-    fn add_rows(
-        &mut self,
-        rows: &DataFrame,
-        stops: &HashSet<&str>,
-        hours: &mut LocalHours<'_>,
-    ) -> Result<()> {
+    fn add_rows(&mut self, rows: &DataFrame, hours: &mut LocalHours<'_>) -> Result<()> {
         if rows.height() == 0 {
             return Ok(());
         }
@@ -375,8 +369,10 @@ impl Tally {
             .column("ts")
             .and_then(|c| c.i64().cloned())
             .map_err(|e| polars_err("ts column", e))?;
-        // The room's hour counts, looked up again only when the room changes.
-        let mut room_hours: Option<(&str, [u64; 24])> = None;
+        // Hour counts by room over this slice, added to the tally's at the end (rooms change
+        // from row to row: a lookup in the tally's ordered map for each was a twentieth of
+        // aggregate).
+        let mut room_hours: HashMap<&str, [u64; 24]> = HashMap::default();
         for i in 0..rows.height() {
             let text = message.get(i).unwrap_or("");
             acc.characters += text.chars().count() as u64;
@@ -384,23 +380,12 @@ impl Tally {
                 && let Some(h) = hours.hour(t)
             {
                 self.hourly[h] += 1;
-                let r = room.get(i).unwrap_or("");
-                match &mut room_hours {
-                    Some((cur, counts)) if *cur == r => counts[h] += 1,
-                    slot => {
-                        if let Some((prev, counts)) = slot.take() {
-                            add_hours(&mut self.hourly_by_room, prev, &counts);
-                        }
-                        let mut counts = [0u64; 24];
-                        counts[h] = 1;
-                        *slot = Some((r, counts));
-                    }
-                }
+                room_hours
+                    .entry(room.get(i).unwrap_or(""))
+                    .or_insert([0; 24])[h] += 1;
             }
+            // Stop words are counted too and left out at the end: one lookup a word, not two.
             for w in tokens(text) {
-                if stops.contains(w.as_ref()) {
-                    continue;
-                }
                 match self.words.get_mut(w.as_ref()) {
                     Some(n) => *n += 1,
                     None => {
@@ -409,8 +394,8 @@ impl Tally {
                 }
             }
         }
-        if let Some((prev, counts)) = room_hours {
-            add_hours(&mut self.hourly_by_room, prev, &counts);
+        for (r, counts) in room_hours {
+            add_hours(&mut self.hourly_by_room, r, &counts);
         }
         Ok(())
     }
@@ -461,7 +446,7 @@ pub fn compute(
             let Some(part) = parts.get(i) else {
                 return Ok(tally);
             };
-            if let Err(e) = tally.add_partition(part, include_system, &stops, &mut hours, slice) {
+            if let Err(e) = tally.add_partition(part, include_system, &mut hours, slice) {
                 next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
                 return Err((i, e));
             }
@@ -536,7 +521,10 @@ pub fn compute(
             .cmp(&a.messages)
             .then_with(|| a.room.cmp(&b.room))
     });
-    let mut words: Vec<(String, u64)> = words.into_iter().collect();
+    let mut words: Vec<(String, u64)> = words
+        .into_iter()
+        .filter(|(w, _)| !stops.contains(w.as_str()))
+        .collect();
     words.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     words.truncate(WORDS_KEPT);
     Ok(Aggregates {
@@ -619,12 +607,14 @@ impl<'a> LocalHours<'a> {
     }
 
     fn hour(&mut self, micros: i64) -> Option<usize> {
-        chrono::DateTime::from_timestamp_micros(micros)?;
         let secs = micros.div_euclid(1_000_000);
         let bucket = secs.div_euclid(3600);
         let offset = match self.bucket {
+            // An hour is a valid time all through or not at all (chrono's range starts at an
+            // hour and ends with one), and the cached hour was checked.
             Some((b, off)) if b == bucket => off,
             _ => {
+                chrono::DateTime::from_timestamp_micros(micros)?;
                 let a = self.offset_at(bucket * 3600);
                 let off = a.filter(|&a| self.offset_at(bucket * 3600 + 3599) == Some(a));
                 self.bucket = Some((bucket, off));
