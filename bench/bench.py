@@ -79,23 +79,34 @@ def run_duckdb(python, log, work):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="1G")
-    ap.add_argument("--format", default="repr", choices=["repr", "json", "json-ascii"])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="1G",
+                    help="size of the generated log: 256M, 1G, 4G... (binary units: 1G is "
+                         "1,073,741,824 bytes, about 1074 MB; MB/s counts 10^6 bytes)")
+    ap.add_argument("--format", default="repr", choices=["repr", "json", "json-ascii"],
+                    help="Python-repr lines, JSON lines, or JSON lines with every non-ASCII "
+                         "character escaped; DuckDB runs on the JSON formats")
     ap.add_argument("--budget", type=int, default=512, help="memory_budget_mb")
     ap.add_argument("--compression", default=None,
                     help="chatetl's Parquet codec (zstd, zstd:LEVEL, snappy, lz4, none); "
                          "default: chatetl's default, zstd")
-    ap.add_argument("--work", default="/tmp/chatetl-bench")
+    ap.add_argument("--work", default="/tmp/chatetl-bench",
+                    help="where logs are generated (kept for the next run) and outputs written: "
+                         "about 3.5 times --size of disk")
+    test_venv = os.environ.get("CHATETL_TEST_VENV", os.path.join(REPO, ".venv-test"))
     ap.add_argument("--duckdb-python", default=os.environ.get(
-        "CHATETL_TEST_PYTHON", os.path.join(REPO, ".venv-test", "bin", "python")))
+        "CHATETL_TEST_PYTHON", os.path.join(test_venv, "bin", "python")),
+        help="a Python with duckdb (default: the test virtualenv scripts/test makes, "
+             "$CHATETL_TEST_VENV or .venv-test)")
     ap.add_argument("--no-build", action="store_true",
-                    help="use target/release/chatetl as it is (not rebuilt from the sources)")
+                    help="use the release binary as it is (target/release/chatetl, or under "
+                         "$CARGO_TARGET_DIR), not rebuilt from the sources")
     a = ap.parse_args()
 
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=REPO, check=True)
-    binary = os.path.join(REPO, "target", "release", "chatetl")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    binary = os.path.join(os.path.abspath(os.path.join(REPO, target)), "release", "chatetl")
     # The generator's version is in the name: a log made by an older generator is not reused.
     work = os.path.join(a.work, f"{a.size}-{a.format}-g2")
     log = os.path.join(work, "in", "lobby", f"chat_{DATE}.log")

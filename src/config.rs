@@ -275,8 +275,9 @@ impl std::str::FromStr for Codec {
             "snappy" => Ok(Codec::Snappy),
             "lz4" => Ok(Codec::Lz4),
             "none" => Ok(Codec::None),
-            other => match other.strip_prefix("zstd:").map(str::parse::<u8>) {
-                Some(Ok(level @ 1..=22)) => Ok(Codec::Zstd(level)),
+            other => match other.strip_prefix("zstd:").map(str::parse::<u32>) {
+                Some(Ok(level @ 1..=22)) => Ok(Codec::Zstd(level as u8)),
+                Some(Ok(level)) => Err(format!("zstd level {level} is not between 1 and 22")),
                 _ => Err(bad()),
             },
         }
@@ -844,8 +845,13 @@ mod tests {
             assert_eq!(text.parse::<Codec>(), Ok(codec));
             assert_eq!(codec.to_string().parse::<Codec>(), Ok(codec));
         }
-        for bad in ["gzip", "zstd:0", "zstd:23", "zstd:", "zstd:x", ""] {
-            assert!(bad.parse::<Codec>().is_err(), "{bad:?}");
+        for bad in ["gzip", "zstd:", "zstd:x", "zstd:-1", ""] {
+            let e = bad.parse::<Codec>().unwrap_err();
+            assert!(e.contains("expected zstd, zstd:LEVEL"), "{bad:?}: {e}");
+        }
+        for level in ["0", "23", "300"] {
+            let e = format!("zstd:{level}").parse::<Codec>().unwrap_err();
+            assert_eq!(e, format!("zstd level {level} is not between 1 and 22"));
         }
         let (_d, args) = with_file("tz = \"UTC\"\ncompression = \"brotli\"\n");
         let e = load(args, &[]).unwrap_err();
