@@ -1077,6 +1077,14 @@ mod tests {
         assert_eq!(hours.hour(t), Some(9));
         assert_eq!(hours.hour(i64::MAX), None);
         assert_eq!(hours.hour(-1), hour_in(-1, &seoul));
+        // At chrono's limits, with the hour just checked in the cache: the time past the last
+        // valid one shares no hour with it (the range is checked on a cache miss only).
+        let max = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_micros();
+        let min = chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_micros();
+        assert!(hours.hour(max).is_some());
+        assert_eq!(hours.hour(max + 1), None);
+        assert!(hours.hour(min).is_some());
+        assert_eq!(hours.hour(min - 1), None);
         let mut h = [0u64; 24];
         h[3] = 5;
         h[7] = 5;
