@@ -832,20 +832,12 @@ fn run_twice_is_byte_identical_and_never_touches_another_date() {
 fn parquet_codecs(dir: &Path) -> std::collections::BTreeSet<String> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let mut codecs = std::collections::BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                let r = SerializedFileReader::new(fs::File::open(&p).unwrap()).unwrap();
-                for g in r.metadata().row_groups() {
-                    for c in g.columns() {
-                        let codec = format!("{:?}", c.compression());
-                        codecs.insert(codec.split('(').next().unwrap().to_string());
-                    }
-                }
+    for p in parquet_files(dir) {
+        let r = SerializedFileReader::new(fs::File::open(&p).unwrap()).unwrap();
+        for g in r.metadata().row_groups() {
+            for c in g.columns() {
+                let codec = format!("{:?}", c.compression());
+                codecs.insert(codec.split('(').next().unwrap().to_string());
             }
         }
     }

@@ -961,10 +961,12 @@ pub fn committed_dir(layout: &Layout, date: NaiveDate, codec: Codec) -> Option<P
 /// read.
 fn written_with(table: &Path, codec: Codec) -> bool {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let Ok(reader) = File::open(table).map(SerializedFileReader::new) else {
+    let Some(reader) = File::open(table)
+        .ok()
+        .and_then(|f| SerializedFileReader::new(f).ok())
+    else {
         return false;
     };
-    let Ok(reader) = reader else { return false };
     let first = reader
         .metadata()
         .row_groups()
