@@ -922,18 +922,20 @@ pub struct FlatDict<'a> {
 pub type Entries<'a> = smallvec::SmallVec<[(&'a str, ValueRef<'a>); 16]>;
 
 impl<'a> FlatDict<'a> {
-    /// The entries in dict order.
-    pub fn entries(&self) -> Entries<'a> {
+    /// Appends the entries, in dict order, to `out`. Filled in place: returned by value, the
+    /// 650 bytes of inline entries were copied on every line (3% of extract).
+    pub fn entries_into(&self, out: &mut Entries<'a>) {
         let scratch: &'a FlatScratch = self.scratch;
         let value = |v: FlatValue| match v {
             FlatValue::Str(p) => ValueRef::Str(self.piece(p)),
             FlatValue::Other(i) => ValueRef::Other(&scratch.values[i as usize]),
         };
-        scratch
-            .entries
-            .iter()
-            .map(|&(k, v)| (self.piece(k), value(v)))
-            .collect()
+        out.extend(
+            scratch
+                .entries
+                .iter()
+                .map(|&(k, v)| (self.piece(k), value(v))),
+        );
     }
 
     fn piece(&self, p: Piece) -> &'a str {
@@ -1742,7 +1744,9 @@ mod tests {
 
     /// A flat dict's entries as owned values.
     fn owned(dict: &FlatDict<'_>) -> Vec<(String, Value)> {
-        dict.entries()
+        let mut entries = Entries::new();
+        dict.entries_into(&mut entries);
+        entries
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_value()))
             .collect()
@@ -1807,8 +1811,12 @@ mod tests {
 
     #[test]
     fn flat_path_takes_typical_records() {
-        let lines: [&[u8]; 5] = [
+        let lines: [&[u8]; 7] = [
             "{'message': '회의 시작할까요', 'time': '2024-08-28 12:19:05', 'user': 'TL', 'offset': 5}".as_bytes(),
+            // Keys that share their first bytes, or differ only in length, and a key
+            // repeated once escaped: told apart, or found equal, as the general parser does.
+            b"{'message_a': 1, 'message_b': 2, 'message_a': 3, 'message': 4, 'messages': 5, 'message_b': 6}",
+            b"{'m\\x65ssage': 'x', 'message': 'y', '': 1, '\\x00': 2, '': 3}",
             br#"{"sender": "[INFO]", "message": "User [user1] has entered\n", "end": false, "timestamp": "2024-08-26T11:25:59.859694"}"#,
             br#"{"message": "\uc548\udce3\udc84\ub155", "offset": 12345, "x": null, "y": 1.5}"#,
             b"{'message': 'a\x01b\xff', u'user': \"it's\", 'message': 'again'}",

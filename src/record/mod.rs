@@ -12,6 +12,19 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
+/// `s.trim()`, without the walk over Unicode's whitespace when `s` begins and ends with a
+/// visible ASCII character, as nearly every sender, room and time does (`str::trim` was 2% of
+/// extract). Every whitespace character is either ASCII of 0x20 or below, or not ASCII.
+#[inline]
+pub fn trim(s: &str) -> &str {
+    let visible = |c: Option<&u8>| c.is_some_and(|c| (0x21..=0x7e).contains(c));
+    if visible(s.as_bytes().first()) && visible(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
 /// Whether a record is a person's message or a system announcement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

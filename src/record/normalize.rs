@@ -72,6 +72,10 @@ pub struct Origin<'a> {
 pub struct Normalizer {
     aliases: Aliases,
     system_senders: HashSet<String, foldhash::fast::RandomState>,
+    /// The first bytes and the lengths (63 for 63 or more) of the system senders: a sender whose
+    /// first byte or length is not among them is no system sender, without hashing it.
+    system_first: [bool; 256],
+    system_lens: u64,
     tz: Tz,
 }
 
@@ -156,6 +160,14 @@ impl Normalizer {
         Normalizer {
             aliases,
             system_senders: settings.system_senders.iter().cloned().collect(),
+            system_first: std::array::from_fn(|c| {
+                let first = |s: &String| s.as_bytes().first().map(|&f| usize::from(f));
+                settings.system_senders.iter().any(|s| first(s) == Some(c))
+            }),
+            system_lens: settings
+                .system_senders
+                .iter()
+                .fold(0, |m, s| m | 1 << s.len().min(63)),
             tz: settings.tz,
         }
     }
@@ -172,6 +184,14 @@ impl Normalizer {
             .collect();
         self.normalize_ref(&refs, origin)
             .map(|r| r.to_owned_record())
+    }
+
+    /// Whether `sender` is a configured system sender.
+    fn is_system(&self, sender: &str) -> bool {
+        let first = sender.as_bytes().first().map_or(0, |&f| usize::from(f));
+        self.system_first[first]
+            && self.system_lens & 1 << sender.len().min(63) != 0
+            && self.system_senders.contains(sender)
     }
 
     /// Maps one parsed record onto the schema, borrowing its text from `entries` and `origin`.
@@ -244,7 +264,7 @@ impl Normalizer {
             } else if i == oi {
                 kafka_offset = match v {
                     ValueRef::Other(Value::Int(n)) => Some(*n),
-                    ValueRef::Str(s) => s.trim().parse::<i64>().ok(),
+                    ValueRef::Str(s) => super::trim(s).parse::<i64>().ok(),
                     ValueRef::Other(_) => None,
                 };
                 if kafka_offset.is_none() && !v.is_null() {
@@ -265,7 +285,7 @@ impl Normalizer {
             sender_id = Some(Cow::Owned(short));
         }
         let kind = match &sender_id {
-            Some(s) if self.system_senders.contains(s.as_ref()) => Kind::System,
+            Some(s) if self.is_system(s) => Kind::System,
             _ => Kind::Message,
         };
         Ok(RecordRef {
@@ -299,9 +319,9 @@ fn scalar_text(v: ValueRef<'_>) -> Option<Cow<'_, str>> {
 /// `s` without leading and trailing whitespace, borrowed when it was.
 fn trim(s: Cow<'_, str>) -> Cow<'_, str> {
     match s {
-        Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
-        Cow::Owned(o) if o.trim().len() == o.len() => Cow::Owned(o),
-        Cow::Owned(o) => Cow::Owned(o.trim().to_string()),
+        Cow::Borrowed(b) => Cow::Borrowed(super::trim(b)),
+        Cow::Owned(o) if super::trim(&o).len() == o.len() => Cow::Owned(o),
+        Cow::Owned(o) => Cow::Owned(super::trim(&o).to_string()),
     }
 }
 
@@ -390,6 +410,35 @@ mod tests {
         assert_eq!(r.ts, None);
         assert_eq!(r.kind, Kind::System);
         assert_eq!(r.extra.as_deref(), Some(r#"{"timestamp": "sometime"}"#));
+    }
+
+    /// The first-byte and length filter before the lookup changes no answer.
+    #[test]
+    fn system_senders_are_found_whatever_their_first_byte_and_length() {
+        let long = "s".repeat(70);
+        let listed = ["[INFO]", "bot", "봇", long.as_str(), "x"];
+        let joined = listed.join(",");
+        let env = |k: &str| match k {
+            "CHATETL_CONFIG" => Some("/dev/null".to_string()),
+            "CHATETL_SYSTEM_SENDERS" => Some(joined.clone()),
+            _ => None,
+        };
+        let n = Normalizer::new(&Settings::load_with(&GlobalArgs::default(), &env).unwrap());
+        for s in listed {
+            assert!(n.is_system(s), "{s}");
+        }
+        let (s69, s71) = ("s".repeat(69), "s".repeat(71));
+        for s in [
+            "[INFO", "bots", "bo", "봇봇", &s69, &s71, "y", "user001", "INFO",
+        ] {
+            assert!(!n.is_system(s), "{s}");
+        }
+        // The defaults.
+        let d = normalizer();
+        for s in crate::config::default_system_senders() {
+            assert!(d.is_system(&s), "{s}");
+        }
+        assert!(!d.is_system("user001") && !d.is_system("INFO2") && !d.is_system("사용자0"));
     }
 
     #[test]

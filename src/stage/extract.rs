@@ -1385,13 +1385,18 @@ fn classify_line(
         Some(t) => literal::parse_flat_dict_str(t, start, limits, &mut drops, scratch),
         None => literal::parse_flat_dict(line, start, limits, &mut drops, scratch),
     };
-    let (entries, end): (Entries<'_>, usize) = match flat {
-        Some((end, dict)) => (dict.entries(), end),
+    // Filled in place (no copy of its inline entries), after `owned` so that it may borrow it.
+    let mut entries = Entries::new();
+    let end = match flat {
+        Some((end, dict)) => {
+            dict.entries_into(&mut entries);
+            end
+        }
         None => match literal::parse_dict(line, start, limits, &mut drops) {
-            Ok((entries, end)) => {
-                owned = entries;
-                let refs = owned.iter().map(|(k, v)| (k.as_str(), ValueRef::of(v)));
-                (refs.collect(), end)
+            Ok((parsed, end)) => {
+                owned = parsed;
+                entries.extend(owned.iter().map(|(k, v)| (k.as_str(), ValueRef::of(v))));
+                end
             }
             Err(e) => return LineOut::Reject(e.kind.code(), e.to_string()),
         },
