@@ -1,8 +1,9 @@
 """Reads chatetl's Hive dataset with real readers and prints what each one sees, as JSON.
 
-Usage: read_back.py MESSAGES_DIR [READER ...]   (readers: pyarrow duckdb spark; default all)
+Usage: read_back.py [--readers pyarrow,duckdb,spark] MESSAGES_DIR [MESSAGES_DIR ...]
 
-For every reader the output holds the rows as [date, sender_id, source_file, source_line,
+The output is a list with one object per directory, in the order given, mapping every reader
+(default: all) to the rows as [date, sender_id, source_file, source_line,
 message] sorted, with sender_id read as a string (never inferred as a number, so "007" stays
 "007") and null for the __HIVE_DEFAULT_PARTITION__ partition. The Rust integration test compares
 each reader's rows with the records chatetl staged.
@@ -48,36 +49,45 @@ def read_duckdb(path):
     return canonical(rows)
 
 
-def read_spark(path):
-    from pyspark.sql import SparkSession
+_SPARK = []
 
-    spark = (
-        SparkSession.builder.master("local[1]")
-        .appName("chatetl-interop")
-        .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-    df = spark.read.parquet(path).select(
+
+def read_spark(path):
+    # One session for every directory: starting Spark takes about 10 s, a read well under one.
+    if not _SPARK:
+        from pyspark.sql import SparkSession
+
+        spark = (
+            SparkSession.builder.master("local[1]")
+            .appName("chatetl-interop")
+            .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
+            .config("spark.ui.enabled", "false")
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.sql.session.timeZone", "UTC")
+            .getOrCreate()
+        )
+        spark.sparkContext.setLogLevel("ERROR")
+        _SPARK.append(spark)
+    df = _SPARK[0].read.parquet(path).select(
         "date", "sender_id", "source_file", "source_line", "message"
     )
-    rows = [tuple(r) for r in df.collect()]
-    spark.stop()
-    return canonical(rows)
+    return canonical([tuple(r) for r in df.collect()])
 
 
 READERS = {"pyarrow": read_pyarrow, "duckdb": read_duckdb, "spark": read_spark}
 
 
 def main():
-    path = sys.argv[1]
-    names = sys.argv[2:] or list(READERS)
-    result = {}
-    for n in names:
-        result[n] = READERS[n](path)
+    args = sys.argv[1:]
+    names = list(READERS)
+    if args[:1] == ["--readers"]:
+        names = args[1].split(",")
+        args = args[2:]
+    if not args or any(n not in READERS for n in names):
+        sys.exit(__doc__)
+    result = [{n: READERS[n](path) for n in names} for path in args]
+    if _SPARK:
+        _SPARK[0].stop()
     json.dump(result, sys.stdout, ensure_ascii=False)
 
 
