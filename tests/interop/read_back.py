@@ -80,14 +80,16 @@ READERS = {"pyarrow": read_pyarrow, "duckdb": read_duckdb, "spark": read_spark}
 def main():
     args = sys.argv[1:]
     names = list(READERS)
-    if args[:1] == ["--readers"]:
+    if args[:1] == ["--readers"] and len(args) >= 2:
         names = args[1].split(",")
         args = args[2:]
-    if not args or any(n not in READERS for n in names):
+    if not args or args[0] == "--readers" or any(n not in READERS for n in names):
         sys.exit(__doc__)
-    result = [{n: READERS[n](path) for n in names} for path in args]
-    if _SPARK:
-        _SPARK[0].stop()
+    try:
+        result = [{n: READERS[n](path) for n in names} for path in args]
+    finally:
+        if _SPARK:
+            _SPARK[0].stop()
     json.dump(result, sys.stdout, ensure_ascii=False)
 
 
