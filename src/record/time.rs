@@ -63,7 +63,7 @@ pub fn parse_time_str(s: &str, tz: &Tz) -> Option<i64> {
     }
     let b = s.as_bytes();
     // The usual form first, before the scans for numbers below: what `fast_datetime` takes has
-    // `:` at 13 and 16, which no number has, and would reach it through `parse_datetime` anyway.
+    // `:` at 13 and 16, which no number has. Every other date-time goes to the general parser.
     if b.len() >= 19
         && b[4] == b'-'
         && let Some(micros) = fast_datetime(b, tz)
@@ -84,16 +84,11 @@ pub fn parse_time_str(s: &str, tz: &Tz) -> Option<i64> {
             return epoch_to_micros(f);
         }
         if s.len() >= 10 && matches!(b[4], b'-' | b'/') {
-            return parse_datetime(s, tz);
+            return general_datetime(s, tz);
         }
         return None;
     }
     parse_ctime(s, tz)
-}
-
-/// Date-time forms starting with `YYYY-MM-DD` or `YYYY/MM/DD`.
-fn parse_datetime(s: &str, tz: &Tz) -> Option<i64> {
-    fast_datetime(s.as_bytes(), tz).or_else(|| general_datetime(s, tz))
 }
 
 /// Every `YYYY-MM-DD`/`YYYY/MM/DD` form, through `chrono`'s parsers.
@@ -129,11 +124,6 @@ fn general_datetime(s: &str, tz: &Tz) -> Option<i64> {
 /// `±HH:MM`/`±HHMM`. Anything else (or an invalid field) returns `None` and takes the general path,
 /// which gives the same answer for these forms.
 fn fast_datetime(b: &[u8], tz: &Tz) -> Option<i64> {
-    fn num(b: &[u8]) -> Option<u32> {
-        b.iter().try_fold(0u32, |acc, &c| {
-            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
-        })
-    }
     /// The two digits at `i` as a number.
     fn two(b: &[u8], i: usize) -> Option<u32> {
         let (x, y) = (b[i].wrapping_sub(b'0'), b[i + 1].wrapping_sub(b'0'));
@@ -148,7 +138,7 @@ fn fast_datetime(b: &[u8], tz: &Tz) -> Option<i64> {
     {
         return None;
     }
-    let days = days_of(&b[..10], num)?;
+    let days = days_of(&b[..10])?;
     let (h, m, sec) = (two(b, 11)?, two(b, 14)?, two(b, 17)?);
     if h > 23 || m > 59 || sec > 59 {
         return None;
@@ -181,10 +171,7 @@ fn fast_datetime(b: &[u8], tz: &Tz) -> Option<i64> {
     let micros = secs * 1_000_000 + i64::from(nanos / 1_000);
     let offset_secs = match rest {
         [] => {
-            let hour = secs.div_euclid(3600);
-            if let Some((_, _, offset)) =
-                HOUR_OFFSET.get().filter(|&(z, h, _)| z == *tz && h == hour)
-            {
+            if let Some(offset) = cached_offset(secs, tz) {
                 return Some(micros - offset * 1_000_000);
             }
             return local_to_micros(DateTime::from_timestamp(secs, nanos)?.naive_utc(), tz);
@@ -209,10 +196,17 @@ thread_local! {
     static LAST_DAY: std::cell::Cell<Option<([u8; 10], i64)>> = const { std::cell::Cell::new(None) };
 }
 
+/// The decimal number written by `b`; None when a byte is not a digit.
+fn num(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |acc, &c| {
+        c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+    })
+}
+
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date (any separators at 4 and 7); None when it is no
 /// date. A day's records share a date or two, so the last one is kept (chrono's date checks were
 /// 1% of extract).
-fn days_of(b: &[u8], num: fn(&[u8]) -> Option<u32>) -> Option<i64> {
+fn days_of(b: &[u8]) -> Option<i64> {
     let key: [u8; 10] = b.try_into().ok()?;
     if let Some((_, days)) = LAST_DAY.get().filter(|(k, _)| *k == key) {
         return Some(days);
@@ -260,16 +254,26 @@ thread_local! {
     static HOUR_OFFSET: std::cell::Cell<Option<(Tz, i64, i64)>> = const { std::cell::Cell::new(None) };
 }
 
+/// The UTC offset, in seconds, of the wall-clock second `secs` (counted from 1970-01-01T00:00 of
+/// the wall clock) when its hour is the one cached on this thread for `tz`.
+fn cached_offset(secs: i64, tz: &Tz) -> Option<i64> {
+    let hour = secs.div_euclid(3600);
+    HOUR_OFFSET
+        .get()
+        .filter(|&(z, h, _)| z == *tz && h == hour)
+        .map(|(_, _, offset)| offset)
+}
+
 /// A wall-clock time in `tz` as UTC microseconds.
 ///
 /// A day's records fall in a few hours: the offset of the last plain hour (no DST change in it)
 /// is kept per thread, which saves the zone's transition search on nearly every record.
 pub fn local_to_micros(n: NaiveDateTime, tz: &Tz) -> Option<i64> {
     let as_utc = n.and_utc();
-    let hour = as_utc.timestamp().div_euclid(3600);
-    if let Some((_, _, offset)) = HOUR_OFFSET.get().filter(|&(z, h, _)| z == *tz && h == hour) {
+    if let Some(offset) = cached_offset(as_utc.timestamp(), tz) {
         return Some(as_utc.timestamp_micros() - offset * 1_000_000);
     }
+    let hour = as_utc.timestamp().div_euclid(3600);
     let micros = zone_to_micros(n, tz);
     let single_offset = |t: NaiveDateTime| match tz.from_local_datetime(&t) {
         LocalResult::Single(dt) => Some(i64::from(dt.offset().fix().local_minus_utc())),
