@@ -5,6 +5,7 @@
   bench/bench.py --format json        # 1 GiB of JSON lines, with DuckDB as the reference
   bench/bench.py --size 256M --format json --budget 128
   bench/bench.py --format json --compression snappy   # DuckDB's own codec, like for like
+  bench/bench.py --format json --hot-share 0.6        # one bot writes 60% of the lines
 
 Builds the release binary, generates the input with bench/gen_log.py when it is missing (seeded,
 so the same size and format always give the same file), then runs each stage in a fresh process
@@ -86,6 +87,9 @@ def main():
     ap.add_argument("--format", default="repr", choices=["repr", "json", "json-ascii"],
                     help="Python-repr lines, JSON lines, or JSON lines with every non-ASCII "
                          "character escaped; DuckDB runs on the JSON formats")
+    ap.add_argument("--hot-share", type=float, default=0.0,
+                    help="fraction of lines written by one extra sender (a day dominated by a "
+                         "bot), as gen_log.py --hot-share; default 0")
     ap.add_argument("--budget", type=int, default=512, help="memory_budget_mb")
     ap.add_argument("--compression", default=None,
                     help="chatetl's Parquet codec (zstd, zstd:LEVEL, snappy, lz4, none); "
@@ -108,13 +112,14 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     binary = os.path.join(os.path.abspath(os.path.join(REPO, target)), "release", "chatetl")
     # The generator's version is in the name: a log made by an older generator is not reused.
-    work = os.path.join(a.work, f"{a.size}-{a.format}-g2")
+    hot = f"-hot{a.hot_share:g}" if a.hot_share > 0 else ""
+    work = os.path.join(a.work, f"{a.size}-{a.format}-g2{hot}")
     log = os.path.join(work, "in", "lobby", f"chat_{DATE}.log")
     if not os.path.exists(log):
         os.makedirs(os.path.dirname(log), exist_ok=True)
         subprocess.run(
             [sys.executable, os.path.join(REPO, "bench", "gen_log.py"), "--size", a.size,
-             "--format", a.format, "--date", DATE, "-o", log],
+             "--format", a.format, "--date", DATE, "--hot-share", str(a.hot_share), "-o", log],
             check=True,
         )
     size = os.path.getsize(log)

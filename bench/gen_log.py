@@ -8,7 +8,9 @@ Writes one day of realistic chat log of about SIZE bytes, seeded, as Python `str
 
 500 senders with Zipf-like activity, 30 rooms, Hangul, emoji and punctuation including { } ' ";
 0.5% of messages hold a lone-surrogate escape, 1% a control character, 0.2% of lines are
-truncated (as when a writer crashed).
+truncated (as when a writer crashed). With --hot-share F, one more sender, `relay-bot`, writes
+a fraction F of the lines (a day dominated by one bot); drawn from a second seeded generator, so
+that everything but those lines' sender is the same as without it.
 
 Times run through the whole day, whatever the size: the seconds grow line by line at the pace
 that spreads the expected number of lines over 24 hours, and the microseconds are random within
@@ -43,9 +45,12 @@ def main():
     ap.add_argument("--format", choices=["repr", "json", "json-ascii"], default="repr")
     ap.add_argument("--date", default="2024-10-24")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--hot-share", type=float, default=0.0,
+                    help="fraction of lines written by one extra sender, relay-bot (default 0)")
     ap.add_argument("-o", "--output", required=True)
     a = ap.parse_args()
     rnd = random.Random(a.seed)
+    hot = random.Random(a.seed + 1)
     target = parse_size(a.size)
     senders = [f"user{i:03d}" if i % 3 else f"사용자{i}" for i in range(500)]
     weights = [1.0 / (i + 1) ** 1.1 for i in range(500)]
@@ -67,6 +72,8 @@ def main():
         buf = []
         while written < target:
             batch = rnd.choices(senders, cum_weights=cum, k=1000)
+            if a.hot_share > 0:
+                batch = ["relay-bot" if hot.random() < a.hot_share else s for s in batch]
             for sender in batch:
                 n = rnd.randint(1, 12)
                 msg = " ".join(rnd.choice(WORDS) for _ in range(n))

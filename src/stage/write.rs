@@ -5,7 +5,8 @@
 //! not all fit are spilled to Arrow IPC files, and a k-way merge streams the rows out sender by
 //! sender into `sender_id=<escaped>/part-00000.parquet`. Every run is cut at the same sender
 //! names into ranges of about equal rows (chosen from the first run), so the merge goes range by
-//! range on one lane per core, each merging, encoding and writing its ranges' files on its own.
+//! range on one lane per core, each merging, encoding and writing its ranges' files on its own;
+//! a lane with no range left encodes row groups that the lanes still merging hand it.
 //! Memory stays bounded by the budget whatever the number of senders or rows.
 //!
 //! The whole date is built in a temporary directory under the output root; every file is
@@ -262,7 +263,18 @@ fn build(
     )?;
     let ranks = Ranks::new(names);
     let progress = crate::progress::rows(summary.totals.staged, "write");
-    let mut files = merge_and_write(runs, &ranks, tmp, (lanes, settings.compression), &progress)?;
+    // A lane with no range left encodes row groups for one still merging when a gathered row
+    // group, held until a helper has encoded it, fits twice in the share of the budget that the
+    // idle lane's merge no longer uses.
+    let row_bytes = staged_bytes / summary.totals.records.max(1);
+    let handoff = 2 * ROW_GROUP_ROWS as u64 * row_bytes <= (budget / (2 * lanes)) as u64;
+    let mut files = merge_and_write(
+        runs,
+        &ranks,
+        tmp,
+        (lanes, settings.compression, handoff),
+        &progress,
+    )?;
     progress.finish_and_clear();
     if spill_dir.exists() {
         fs::remove_dir_all(&spill_dir).map_err(|e| Error::io("cannot remove", &spill_dir, e))?;
@@ -1081,19 +1093,39 @@ struct LaneFiles<'a> {
     codec: Codec,
     schema: arrow_schema::SchemaRef,
     synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
+    /// Lanes with no range left, which encode row groups handed to them (`None`: this lane
+    /// encodes all its row groups itself).
+    helpers: Option<&'a Helpers>,
     file: Option<SenderFile>,
     group: Option<Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>>,
+    /// The current row group's gathered rows, when a helper is to encode it.
+    handed: Option<Vec<RecordBatch>>,
     group_rows: usize,
     /// The next row group's number in the current file.
     row_group: usize,
+    /// The current file's row groups not yet appended to it, in order, with their rows.
+    pending: std::collections::VecDeque<(Pending, u64)>,
     files: Vec<OutputFile>,
 }
+
+/// A row group of the current file waiting to be appended to it.
+enum Pending {
+    /// Encoded by this lane.
+    Here(Vec<ArrowColumnChunk>),
+    /// Handed to a helper, which encodes it.
+    Away(Arc<Encoded>),
+}
+
+/// Row groups of one file waiting to be appended, at most: a lane that has handed groups over
+/// goes on with the next ones and appends the handed ones as they come back.
+const MAX_PENDING_GROUPS: usize = 2;
 
 impl<'a> LaneFiles<'a> {
     fn new(
         dir: &'a Path,
         (factory, codec): (&'a ArrowRowGroupWriterFactory, Codec),
         synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
+        helpers: Option<&'a Helpers>,
     ) -> LaneFiles<'a> {
         LaneFiles {
             dir,
@@ -1101,10 +1133,13 @@ impl<'a> LaneFiles<'a> {
             codec,
             schema: parquet_schema(),
             synced,
+            helpers,
             file: None,
             group: None,
+            handed: None,
             group_rows: 0,
             row_group: 0,
+            pending: std::collections::VecDeque::new(),
             files: Vec::new(),
         }
     }
@@ -1124,30 +1159,29 @@ impl<'a> LaneFiles<'a> {
     /// Adds the current sender's next rows (`picks` into `sources`), cut into row groups of
     /// `ROW_GROUP_ROWS`.
     fn rows(&mut self, sources: &[RecordBatch], mut picks: &[(usize, usize)]) -> Result<()> {
-        let err = |e: parquet::errors::ParquetError| Error::Internal(format!("encoding rows: {e}"));
         while !picks.is_empty() {
             let room = ROW_GROUP_ROWS - self.group_rows;
             let (piece, rest) = picks.split_at(room.min(picks.len()));
             let batch = gather(&self.schema, sources, piece)?;
-            let writers = match &mut self.group {
-                Some(w) => w,
-                None => {
+            if self.group.is_none() && self.handed.is_none() {
+                // A sender that already filled a row group has more to come: its next row group
+                // goes to a helper if one is idle (handing over a file's only, partly filled,
+                // row group would leave this lane waiting for it at the file's end).
+                if self.row_group > 0 && self.helpers.is_some_and(Helpers::idle) {
+                    self.handed = Some(Vec::new());
+                } else {
                     let w = self
                         .factory
                         .create_column_writers(self.row_group)
-                        .map_err(err)?;
-                    self.row_group += 1;
-                    self.group.insert(w)
+                        .map_err(encoding_err)?;
+                    self.group = Some(w);
                 }
-            };
-            let mut next = writers.iter_mut();
-            for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
-                for leaf in compute_leaves(field.as_ref(), column).map_err(err)? {
-                    next.next()
-                        .ok_or_else(|| Error::Internal("a column writer is missing".into()))?
-                        .write(&leaf)
-                        .map_err(err)?;
-                }
+                self.row_group += 1;
+            }
+            match (&mut self.handed, &mut self.group) {
+                (Some(handed), _) => handed.push(batch),
+                (None, Some(writers)) => encode_batch(writers, &self.schema, &batch)?,
+                (None, None) => return Err(Error::Internal("a row group without writers".into())),
             }
             self.group_rows += piece.len();
             if self.group_rows == ROW_GROUP_ROWS {
@@ -1158,27 +1192,52 @@ impl<'a> LaneFiles<'a> {
         Ok(())
     }
 
-    /// Closes the current row group, if any, and appends it to the file.
+    /// Ends the current row group, if any: closes its writers, or hands its rows to a helper;
+    /// then appends the row groups that are ready, in order.
     fn end_row_group(&mut self) -> Result<()> {
-        let Some(writers) = self.group.take() else {
-            return Ok(());
-        };
-        let chunks = writers
-            .into_iter()
-            .map(|w| w.close())
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Internal(format!("encoding rows: {e}")))?;
         let rows = std::mem::take(&mut self.group_rows) as u64;
-        self.file
-            .as_mut()
-            .ok_or_else(|| Error::Internal("a row group before its file".into()))?
-            .append(chunks, rows)
+        if let Some(batches) = self.handed.take() {
+            let helpers = self
+                .helpers
+                .ok_or_else(|| Error::Internal("a row group handed to no helper".into()))?;
+            let done = helpers.submit(self.row_group - 1, batches);
+            self.pending.push_back((Pending::Away(done), rows));
+        } else if let Some(writers) = self.group.take() {
+            self.pending
+                .push_back((Pending::Here(close_writers(writers)?), rows));
+        }
+        self.append_ready(false)
+    }
+
+    /// Appends the pending row groups that are ready (with `all`, every one, waiting for those
+    /// a helper still encodes; likewise when too many are pending).
+    fn append_ready(&mut self, all: bool) -> Result<()> {
+        while let Some((front, _)) = self.pending.front() {
+            let wait = all || self.pending.len() > MAX_PENDING_GROUPS;
+            if let Pending::Away(done) = front
+                && !wait
+                && !done.is_ready()
+            {
+                break;
+            }
+            let (group, rows) = self.pending.pop_front().expect("front exists");
+            let chunks = match group {
+                Pending::Here(chunks) => chunks,
+                Pending::Away(done) => done.take()?,
+            };
+            self.file
+                .as_mut()
+                .ok_or_else(|| Error::Internal("a row group before its file".into()))?
+                .append(chunks, rows)?;
+        }
+        Ok(())
     }
 
     /// Ends the current sender's file: its last row group and its footer; the sync thread
     /// fsyncs it.
     fn close(&mut self) -> Result<()> {
         self.end_row_group()?;
+        self.append_ready(true)?;
         let file = self
             .file
             .take()
@@ -1189,6 +1248,195 @@ impl<'a> LaneFiles<'a> {
             .map_err(|_| Error::Internal("the file syncer stopped".into()))?;
         self.files.push(out);
         Ok(())
+    }
+}
+
+fn encoding_err(e: parquet::errors::ParquetError) -> Error {
+    Error::Internal(format!("encoding rows: {e}"))
+}
+
+/// Encodes a batch of the Parquet schema into a row group's column writers.
+fn encode_batch(
+    writers: &mut [parquet::arrow::arrow_writer::ArrowColumnWriter],
+    schema: &arrow_schema::SchemaRef,
+    batch: &RecordBatch,
+) -> Result<()> {
+    let mut next = writers.iter_mut();
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        for leaf in compute_leaves(field.as_ref(), column).map_err(encoding_err)? {
+            next.next()
+                .ok_or_else(|| Error::Internal("a column writer is missing".into()))?
+                .write(&leaf)
+                .map_err(encoding_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Closes a row group's column writers: its column chunks, compressed.
+fn close_writers(
+    writers: Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>,
+) -> Result<Vec<ArrowColumnChunk>> {
+    writers
+        .into_iter()
+        .map(|w| w.close())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(encoding_err)
+}
+
+/// Lanes that have no range left to merge, encoding row groups that lanes still merging hand
+/// them, so that a range holding most of the day's rows (one busy sender's) keeps every core
+/// busy. The bytes are the same whoever encodes a row group.
+struct Helpers {
+    state: std::sync::Mutex<HelperState>,
+    wake: std::sync::Condvar,
+    /// Whether row groups may be handed over: a gathered row group held while it waits must fit
+    /// in the budget.
+    enabled: bool,
+    /// Row groups encoded by helpers.
+    encoded: std::sync::atomic::AtomicUsize,
+}
+
+struct HelperState {
+    jobs: std::collections::VecDeque<(usize, Vec<RecordBatch>, Arc<Encoded>)>,
+    /// Lanes waiting for a row group to encode.
+    idle: usize,
+    /// Lanes still merging their ranges.
+    merging: usize,
+    stopped: bool,
+}
+
+/// A handed-over row group's column chunks, once encoded.
+#[derive(Default)]
+struct Encoded {
+    chunks: std::sync::Mutex<Option<Result<Vec<ArrowColumnChunk>>>>,
+    ready: std::sync::Condvar,
+}
+
+impl Encoded {
+    fn put(&self, chunks: Result<Vec<ArrowColumnChunk>>) {
+        *self.chunks.lock().unwrap_or_else(|p| p.into_inner()) = Some(chunks);
+        self.ready.notify_all();
+    }
+
+    fn is_ready(&self) -> bool {
+        self.chunks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// The chunks, once the helper has encoded them.
+    fn take(&self) -> Result<Vec<ArrowColumnChunk>> {
+        let mut chunks = self.chunks.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(c) = chunks.take() {
+                return c;
+            }
+            chunks = self.ready.wait(chunks).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Helpers {
+    fn new(lanes: usize, enabled: bool) -> Helpers {
+        Helpers {
+            state: std::sync::Mutex::new(HelperState {
+                jobs: std::collections::VecDeque::new(),
+                idle: 0,
+                merging: lanes,
+                stopped: false,
+            }),
+            wake: std::sync::Condvar::new(),
+            enabled,
+            encoded: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HelperState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a helper is free for one more row group.
+    fn idle(&self) -> bool {
+        let st = self.lock();
+        self.enabled && !st.stopped && st.idle > st.jobs.len()
+    }
+
+    /// Queues row group `row_group` (its gathered rows) for a helper.
+    fn submit(&self, row_group: usize, batches: Vec<RecordBatch>) -> Arc<Encoded> {
+        let done = Arc::new(Encoded::default());
+        let mut st = self.lock();
+        if st.stopped {
+            done.put(Err(Error::Internal("the write stopped".into())));
+        } else {
+            st.jobs.push_back((row_group, batches, done.clone()));
+            self.wake.notify_one();
+        }
+        done
+    }
+
+    /// A lane has merged its last range (or failed): once no lane merges, helpers stop.
+    fn lane_done(&self) {
+        let mut st = self.lock();
+        st.merging = st.merging.saturating_sub(1);
+        self.wake.notify_all();
+    }
+
+    /// The write failed: queued row groups are not encoded and helpers stop.
+    fn stop(&self) {
+        let mut st = self.lock();
+        st.stopped = true;
+        for (_, _, done) in st.jobs.drain(..) {
+            done.put(Err(Error::Internal("the write stopped".into())));
+        }
+        self.wake.notify_all();
+    }
+
+    /// Encodes handed-over row groups until no lane merges any more.
+    fn serve(&self, factory: &ArrowRowGroupWriterFactory) {
+        let schema = parquet_schema();
+        let mut st = self.lock();
+        st.idle += 1;
+        loop {
+            if let Some((row_group, batches, done)) = st.jobs.pop_front() {
+                st.idle -= 1;
+                drop(st);
+                let encode = || -> Result<Vec<ArrowColumnChunk>> {
+                    let mut writers = factory
+                        .create_column_writers(row_group)
+                        .map_err(encoding_err)?;
+                    for batch in &batches {
+                        encode_batch(&mut writers, &schema, batch)?;
+                    }
+                    close_writers(writers)
+                };
+                let chunks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode))
+                    .unwrap_or_else(|_| {
+                        Err(Error::Internal("a row group encoder panicked".into()))
+                    });
+                drop(batches);
+                self.encoded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                done.put(chunks);
+                st = self.lock();
+                st.idle += 1;
+            } else if st.merging == 0 || st.stopped {
+                st.idle -= 1;
+                return;
+            } else {
+                st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+}
+
+/// Calls `lane_done` when a lane ends, however it ends.
+struct LaneDone<'a>(&'a Helpers);
+
+impl Drop for LaneDone<'_> {
+    fn drop(&mut self) {
+        self.0.lane_done();
     }
 }
 
@@ -1211,7 +1459,7 @@ fn merge_and_write(
     runs: Vec<Run>,
     ranks: &Ranks,
     dir: &Path,
-    (lanes, codec): (usize, Codec),
+    (lanes, codec, handoff): (usize, Codec, bool),
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<OutputFile>> {
     // Column writers for every file's row groups: all files share the schema and properties.
@@ -1229,18 +1477,23 @@ fn merge_and_write(
         .filter(|&(rows, _)| rows > 0)
         .collect();
     ranges.sort_unstable_by(|a, b| b.cmp(a));
-    let lanes = lanes.clamp(1, ranges.len().max(1));
+    let handoff = handoff && lanes > 1;
+    // Lanes beyond the ranges only help, so they are started only when they can.
+    let merging = lanes.clamp(1, ranges.len().max(1));
+    let lanes = if handoff { lanes } else { merging };
     let total: u64 = ranges.iter().map(|r| r.0).sum();
     if let Some(&(largest, _)) = ranges.first() {
         tracing::info!(
-            "merging {} sender ranges on {lanes} lanes; the largest holds {:.0}% of the rows",
+            "merging {} sender ranges on {merging} lanes; the largest holds {:.0}% of the rows",
             ranges.len(),
             100.0 * largest as f64 / total.max(1) as f64
         );
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (runs, ranges, factory, next, stop) = (&runs, &ranges, &factory, &next, &stop);
+    let helpers = Helpers::new(lanes, handoff);
+    let (runs, ranges, factory, next, stop, helpers) =
+        (&runs, &ranges, &factory, &next, &stop, &helpers);
     std::thread::scope(|scope| {
         // Finished files waiting for their fsync (each holds only a descriptor).
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<(File, PathBuf)>(64);
@@ -1258,19 +1511,33 @@ fn merge_and_write(
             .map(|_| {
                 let sync_tx = sync_tx.clone();
                 scope.spawn(move || -> Result<Vec<OutputFile>> {
-                    let mut files = LaneFiles::new(dir, (factory, codec), sync_tx);
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&(_, range)) = ranges.get(i) else {
-                            break;
-                        };
-                        let merged = merge_range(runs, range, ranks, &mut files, progress, stop);
-                        if let Err(e) = merged {
+                    let merged = {
+                        // Dropped, so that helpers know this lane merges no more, before it
+                        // helps.
+                        let _done = LaneDone(helpers);
+                        let mut files =
+                            LaneFiles::new(dir, (factory, codec), sync_tx, Some(helpers));
+                        let mut merged = Ok(());
+                        while merged.is_ok() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&(_, range)) = ranges.get(i) else {
+                                break;
+                            };
+                            merged = merge_range(runs, range, ranks, &mut files, progress, stop);
+                        }
+                        merged.map(|()| files.files)
+                    };
+                    match merged {
+                        Ok(files) => {
+                            helpers.serve(factory);
+                            Ok(files)
+                        }
+                        Err(e) => {
                             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                            return Err(e);
+                            helpers.stop();
+                            Err(e)
                         }
                     }
-                    Ok(files.files)
                 })
             })
             .collect();
@@ -1288,6 +1555,10 @@ fn merge_and_write(
             .unwrap_or_else(|_| Err(Error::Internal("the file syncer panicked".into())));
         // The syncer's error first: a lane stops because the syncer stopped, not the reverse.
         synced?;
+        let handed = helpers.encoded.load(std::sync::atomic::Ordering::Relaxed);
+        if handed > 0 {
+            tracing::info!("{handed} row groups encoded by lanes with no range left");
+        }
         match failed {
             Some(e) => Err(e),
             None => Ok(files),
@@ -1804,7 +2075,7 @@ mod tests {
             runs,
             &Ranks::new(names),
             &out,
-            (lanes, Codec::default()),
+            (lanes, Codec::default(), true),
             &bar,
         )
         .unwrap();
@@ -1953,9 +2224,67 @@ mod tests {
     /// Row groups encoded apart and appended in order give the bytes that `ArrowWriter` gives for
     /// the same batches, for a file of several row groups whose rows come from several sources,
     /// in stretches and one by one.
+    /// Helpers stop when no lane merges any more; a failed write fails the row groups still
+    /// queued and any handed over after it, so no lane waits for an encoding that never comes.
+    #[test]
+    fn helpers_stop_with_the_lanes_and_fail_queued_row_groups() {
+        let (_, factory) = parquet_file_writer(std::io::sink(), Codec::default()).unwrap();
+        let rows: Vec<_> = (0..10)
+            .map(|i| (Some(1), Some(i), 0u8, i))
+            .collect();
+        let piece: Vec<_> = (0..rows.len()).map(|i| (0, i)).collect();
+        let gathered = gather(&parquet_schema(), &[batch(&rows)], &piece).unwrap();
+
+        // Two lanes: one merging, one helping, which encodes what it is handed and returns once
+        // the other is done.
+        let helpers = Helpers::new(2, true);
+        std::thread::scope(|scope| {
+            let helper = scope.spawn(|| helpers.serve(&factory));
+            while !helpers.idle() {
+                std::thread::yield_now();
+            }
+            let chunks = helpers.submit(0, vec![gathered.clone()]).take().unwrap();
+            assert_eq!(chunks.len(), parquet_schema().fields().len());
+            helpers.lane_done();
+            helpers.lane_done();
+            helper.join().unwrap();
+        });
+        assert_eq!(
+            helpers.encoded.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+
+        // Queued with no helper free, then the write fails; and handed over after it failed.
+        let helpers = Helpers::new(2, true);
+        let queued = helpers.submit(0, vec![gathered.clone()]);
+        assert!(!queued.is_ready());
+        helpers.stop();
+        assert!(queued.take().is_err());
+        assert!(helpers.submit(1, vec![gathered]).take().is_err());
+        assert!(!helpers.idle());
+        // A helper that starts after the failure returns at once.
+        helpers.serve(&factory);
+        assert_eq!(
+            helpers.encoded.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        // Disabled: never idle.
+        let helpers = Helpers::new(2, false);
+        std::thread::scope(|scope| {
+            let helper = scope.spawn(|| helpers.serve(&factory));
+            for _ in 0..1000 {
+                assert!(!helpers.idle());
+                std::thread::yield_now();
+            }
+            helpers.lane_done();
+            helpers.lane_done();
+            helper.join().unwrap();
+        });
+    }
+
     #[test]
     fn row_groups_encoded_apart_match_arrow_writer() {
-        let n = ROW_GROUP_ROWS * 2 + 3000;
+        let n = ROW_GROUP_ROWS * 4 + 3000;
         // Two sources, as two runs would give them; picks alternate between long stretches and
         // single rows.
         let rows = |k: usize| -> Vec<(Option<u8>, Option<i64>, u8, i64)> {
@@ -1998,30 +2327,55 @@ mod tests {
         }
         let expected = expected.into_inner().unwrap();
 
-        {
+        // Encoded by the lane alone, then with a lane that has no range left encoding the row
+        // groups it is handed (every one after the first while it is idle): the same bytes.
+        for helped in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let (_, factory) = parquet_file_writer(std::io::sink(), Codec::default()).unwrap();
             let (synced, sync_rx) = std::sync::mpsc::sync_channel(64);
-            let mut out = LaneFiles::new(dir.path(), (&factory, Codec::default()), synced);
-            out.open(Some("s1".into())).unwrap();
-            for p in &pieces {
-                out.rows(&sources, p).unwrap();
-            }
-            out.close().unwrap();
+            let helpers = Helpers::new(1, true);
+            let files = std::thread::scope(|scope| {
+                let helper = helped.then(|| scope.spawn(|| helpers.serve(&factory)));
+                while helped && !helpers.idle() {
+                    std::thread::yield_now();
+                }
+                let _done = LaneDone(&helpers);
+                let mut out = LaneFiles::new(
+                    dir.path(),
+                    (&factory, Codec::default()),
+                    synced,
+                    helped.then_some(&helpers),
+                );
+                out.open(Some("s1".into())).unwrap();
+                for p in &pieces {
+                    out.rows(&sources, p).unwrap();
+                }
+                out.close().unwrap();
+                drop(_done);
+                if let Some(h) = helper {
+                    h.join().unwrap();
+                }
+                out.files
+            });
             assert_eq!(sync_rx.try_iter().count(), 1);
-            let files = out.files;
+            let handed = helpers.encoded.load(std::sync::atomic::Ordering::Relaxed);
+            if helped {
+                assert!(handed >= 1, "no row group was handed over");
+            } else {
+                assert_eq!(handed, 0);
+            }
             assert_eq!(files.len(), 1);
             assert_eq!(files[0].rows, n as u64);
             let got = fs::read(dir.path().join(&files[0].path)).unwrap();
             assert_eq!(got.len(), expected.len());
             assert!(
                 got == expected,
-                "row-group encoding changed the file's bytes"
+                "row-group encoding changed the file's bytes (helped: {helped})"
             );
             let file = File::open(dir.path().join(&files[0].path)).unwrap();
             let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
             let meta = parquet::file::reader::FileReader::metadata(&reader);
-            assert_eq!(meta.num_row_groups(), 3);
+            assert_eq!(meta.num_row_groups(), 5);
             // Statistics for every column but the free text.
             let group = meta.row_group(0);
             for (i, field) in parquet_schema().fields().iter().enumerate() {
