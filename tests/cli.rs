@@ -1115,6 +1115,59 @@ fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
     assert_eq!(manifests[0], manifests[2]);
 }
 
+/// A day where one sender writes almost every row: its file has several row groups, which the
+/// lane with no range left encodes in part; the files are those of one lane writing alone.
+#[test]
+fn a_day_of_one_busy_sender_gives_the_bytes_of_one_lane() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in/room");
+    fs::create_dir_all(&input).unwrap();
+    let mut s = String::new();
+    for i in 0..300_000u64 {
+        let user = if i % 20 == 0 {
+            format!("user{}", i % 7)
+        } else {
+            "relay-bot".to_string()
+        };
+        s.push_str(&format!(
+            "{{\"user\": \"{user}\", \"message\": \"m{i}\", \"time\": {}}}\n",
+            1_729_800_000 + i / 10
+        ));
+    }
+    fs::write(input.join("chat_2024-10-24.log"), s).unwrap();
+    let inp = dir.path().join("in");
+    let mut manifests = Vec::new();
+    // 16 MiB: one lane; 512 MiB: one lane per core, and those with no range left help.
+    for (root, budget) in [("one-lane", "16"), ("lanes", "512")] {
+        let out = dir.path().join(root);
+        let o = run(
+            dir.path(),
+            &args(&inp, &out, &["extract", "--date", "2024-10-24"]),
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let o = chatetl(dir.path())
+            .env("CHATETL_MEMORY_BUDGET_MB", budget)
+            .args(args(&inp, &out, &["-v", "write", "--date", "2024-10-24"]))
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        eprintln!("budget {budget} MiB: {}", stderr(&o));
+        let date_dir = out.join("messages/date=2024-10-24");
+        assert_eq!(assert_complete_date(&date_dir), 300_000);
+        let m: Value =
+            serde_json::from_slice(&fs::read(date_dir.join("_SUCCESS")).unwrap()).unwrap();
+        let files = m["files"].as_array().unwrap();
+        assert_eq!(files.len(), 8);
+        let bot = files
+            .iter()
+            .find(|f| f["sender_id"] == "relay-bot")
+            .unwrap();
+        assert_eq!(bot["rows"], 285_000);
+        manifests.push(m["files"].clone());
+    }
+    assert_eq!(manifests[0], manifests[1]);
+}
+
 #[test]
 fn duplicates_and_conflicts_at_one_offset() {
     let dir = tempfile::tempdir().unwrap();

@@ -263,11 +263,11 @@ fn build(
     )?;
     let ranks = Ranks::new(names);
     let progress = crate::progress::rows(summary.totals.staged, "write");
-    // A lane with no range left encodes row groups for one still merging when a gathered row
-    // group, held until a helper has encoded it, fits twice in the share of the budget that the
-    // idle lane's merge no longer uses.
+    // A lane with no range left encodes row groups for the lanes still merging when a gathered
+    // row group, held until it is encoded (at most one per helper), fits in the share of the
+    // budget that the idle lane's merge no longer uses.
     let row_bytes = staged_bytes / summary.totals.records.max(1);
-    let handoff = 2 * ROW_GROUP_ROWS as u64 * row_bytes <= (budget / (2 * lanes)) as u64;
+    let handoff = ROW_GROUP_ROWS as u64 * row_bytes <= (budget / (2 * lanes)) as u64;
     let mut files = merge_and_write(
         runs,
         &ranks,
@@ -1167,7 +1167,7 @@ impl<'a> LaneFiles<'a> {
                 // A sender that already filled a row group has more to come: its next row group
                 // goes to a helper if one is idle (handing over a file's only, partly filled,
                 // row group would leave this lane waiting for it at the file's end).
-                if self.row_group > 0 && self.helpers.is_some_and(Helpers::idle) {
+                if self.row_group > 0 && self.helpers.is_some_and(Helpers::reserve) {
                     self.handed = Some(Vec::new());
                 } else {
                     let w = self
@@ -1178,10 +1178,10 @@ impl<'a> LaneFiles<'a> {
                 }
                 self.row_group += 1;
             }
-            match (&mut self.handed, &mut self.group) {
-                (Some(handed), _) => handed.push(batch),
-                (None, Some(writers)) => encode_batch(writers, &self.schema, &batch)?,
-                (None, None) => return Err(Error::Internal("a row group without writers".into())),
+            if let Some(handed) = &mut self.handed {
+                handed.push(batch);
+            } else if let Some(writers) = &mut self.group {
+                encode_batch(writers, &self.schema, &batch)?;
             }
             self.group_rows += piece.len();
             if self.group_rows == ROW_GROUP_ROWS {
@@ -1210,7 +1210,8 @@ impl<'a> LaneFiles<'a> {
     }
 
     /// Appends the pending row groups that are ready (with `all`, every one, waiting for those
-    /// a helper still encodes; likewise when too many are pending).
+    /// a helper is encoding and encoding here those none has taken; likewise when too many are
+    /// pending).
     fn append_ready(&mut self, all: bool) -> Result<()> {
         while let Some((front, _)) = self.pending.front() {
             let wait = all || self.pending.len() > MAX_PENDING_GROUPS;
@@ -1223,7 +1224,10 @@ impl<'a> LaneFiles<'a> {
             let (group, rows) = self.pending.pop_front().expect("front exists");
             let chunks = match group {
                 Pending::Here(chunks) => chunks,
-                Pending::Away(done) => done.take()?,
+                Pending::Away(done) => self
+                    .helpers
+                    .ok_or_else(|| Error::Internal("a row group handed to no helper".into()))?
+                    .take(&done, self.factory)?,
             };
             self.file
                 .as_mut()
@@ -1287,68 +1291,104 @@ fn close_writers(
 /// Lanes that have no range left to merge, encoding row groups that lanes still merging hand
 /// them, so that a range holding most of the day's rows (one busy sender's) keeps every core
 /// busy. The bytes are the same whoever encodes a row group.
+///
+/// A lane reserves an idle helper when it starts gathering a row group for it, so that at most
+/// one handed-over row group per helper is held unencoded; and a lane that needs a row group it
+/// handed over while no helper has taken it yet takes it back and encodes it itself, so no lane
+/// ever waits on a queue.
 struct Helpers {
     state: std::sync::Mutex<HelperState>,
     wake: std::sync::Condvar,
-    /// Whether row groups may be handed over: a gathered row group held while it waits must fit
-    /// in the budget.
-    enabled: bool,
-    /// Row groups encoded by helpers.
+    /// Row groups handed over, and encoded by helpers (the others were taken back).
+    handed: std::sync::atomic::AtomicUsize,
     encoded: std::sync::atomic::AtomicUsize,
 }
 
 struct HelperState {
-    jobs: std::collections::VecDeque<(usize, Vec<RecordBatch>, Arc<Encoded>)>,
+    jobs: std::collections::VecDeque<Arc<Encoded>>,
     /// Lanes waiting for a row group to encode.
     idle: usize,
+    /// Row groups being gathered for a helper.
+    reserved: usize,
     /// Lanes still merging their ranges.
     merging: usize,
     stopped: bool,
 }
 
-/// A handed-over row group's column chunks, once encoded.
-#[derive(Default)]
+/// A row group handed over: its gathered rows until someone encodes them, then its column
+/// chunks.
 struct Encoded {
-    chunks: std::sync::Mutex<Option<Result<Vec<ArrowColumnChunk>>>>,
+    row_group: usize,
+    state: std::sync::Mutex<EncodedState>,
     ready: std::sync::Condvar,
 }
 
+enum EncodedState {
+    Queued(Vec<RecordBatch>),
+    Encoding,
+    Done(Result<Vec<ArrowColumnChunk>>),
+    Taken,
+}
+
 impl Encoded {
-    fn put(&self, chunks: Result<Vec<ArrowColumnChunk>>) {
-        *self.chunks.lock().unwrap_or_else(|p| p.into_inner()) = Some(chunks);
-        self.ready.notify_all();
+    fn lock(&self) -> std::sync::MutexGuard<'_, EncodedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn is_ready(&self) -> bool {
-        self.chunks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        matches!(*self.lock(), EncodedState::Done(_))
     }
 
-    /// The chunks, once the helper has encoded them.
-    fn take(&self) -> Result<Vec<ArrowColumnChunk>> {
-        let mut chunks = self.chunks.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(c) = chunks.take() {
-                return c;
+    /// The gathered rows, to be encoded by the caller, unless someone took them already.
+    fn claim(&self) -> Option<Vec<RecordBatch>> {
+        let mut st = self.lock();
+        match std::mem::replace(&mut *st, EncodedState::Encoding) {
+            EncodedState::Queued(batches) => Some(batches),
+            other => {
+                *st = other;
+                None
             }
-            chunks = self.ready.wait(chunks).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    fn put(&self, chunks: Result<Vec<ArrowColumnChunk>>) {
+        *self.lock() = EncodedState::Done(chunks);
+        self.ready.notify_all();
     }
 }
 
+/// Encodes a row group's gathered rows into its column chunks; a panic is an error.
+fn encode_group(
+    factory: &ArrowRowGroupWriterFactory,
+    row_group: usize,
+    batches: &[RecordBatch],
+) -> Result<Vec<ArrowColumnChunk>> {
+    let encode = || -> Result<Vec<ArrowColumnChunk>> {
+        let schema = parquet_schema();
+        let mut writers = factory
+            .create_column_writers(row_group)
+            .map_err(encoding_err)?;
+        for batch in batches {
+            encode_batch(&mut writers, &schema, batch)?;
+        }
+        close_writers(writers)
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode))
+        .unwrap_or_else(|_| Err(Error::Internal("a row group encoder panicked".into())))
+}
+
 impl Helpers {
-    fn new(lanes: usize, enabled: bool) -> Helpers {
+    fn new(lanes: usize) -> Helpers {
         Helpers {
             state: std::sync::Mutex::new(HelperState {
                 jobs: std::collections::VecDeque::new(),
                 idle: 0,
+                reserved: 0,
                 merging: lanes,
                 stopped: false,
             }),
             wake: std::sync::Condvar::new(),
-            enabled,
+            handed: std::sync::atomic::AtomicUsize::new(0),
             encoded: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -1357,23 +1397,56 @@ impl Helpers {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a helper is free for one more row group.
-    fn idle(&self) -> bool {
-        let st = self.lock();
-        self.enabled && !st.stopped && st.idle > st.jobs.len()
+    /// Reserves an idle helper for the row group about to be gathered, if one is free.
+    fn reserve(&self) -> bool {
+        let mut st = self.lock();
+        let free = !st.stopped && st.idle > st.jobs.len() + st.reserved;
+        st.reserved += usize::from(free);
+        free
     }
 
-    /// Queues row group `row_group` (its gathered rows) for a helper.
+    /// Queues row group `row_group` (its gathered rows) for the helper reserved for it.
     fn submit(&self, row_group: usize, batches: Vec<RecordBatch>) -> Arc<Encoded> {
-        let done = Arc::new(Encoded::default());
+        let job = Arc::new(Encoded {
+            row_group,
+            state: std::sync::Mutex::new(EncodedState::Queued(batches)),
+            ready: std::sync::Condvar::new(),
+        });
+        self.handed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.lock();
-        if st.stopped {
-            done.put(Err(Error::Internal("the write stopped".into())));
-        } else {
-            st.jobs.push_back((row_group, batches, done.clone()));
+        st.reserved = st.reserved.saturating_sub(1);
+        if !st.stopped {
+            st.jobs.push_back(job.clone());
             self.wake.notify_one();
         }
-        done
+        job
+    }
+
+    /// A handed-over row group's column chunks: encoded here when no helper has taken it yet
+    /// (or the write stopped), else once its helper is done.
+    fn take(
+        &self,
+        job: &Arc<Encoded>,
+        factory: &ArrowRowGroupWriterFactory,
+    ) -> Result<Vec<ArrowColumnChunk>> {
+        if let Some(batches) = job.claim() {
+            self.lock().jobs.retain(|j| !Arc::ptr_eq(j, job));
+            return encode_group(factory, job.row_group, &batches);
+        }
+        let mut st = job.lock();
+        loop {
+            match std::mem::replace(&mut *st, EncodedState::Taken) {
+                EncodedState::Done(chunks) => return chunks,
+                EncodedState::Taken => {
+                    return Err(Error::Internal("a row group taken twice".into()));
+                }
+                other => {
+                    *st = other;
+                    st = job.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
     }
 
     /// A lane has merged its last range (or failed): once no lane merges, helpers stop.
@@ -1383,42 +1456,31 @@ impl Helpers {
         self.wake.notify_all();
     }
 
-    /// The write failed: queued row groups are not encoded and helpers stop.
+    /// The write failed: helpers stop, and lanes encode what they handed over themselves.
     fn stop(&self) {
         let mut st = self.lock();
         st.stopped = true;
-        for (_, _, done) in st.jobs.drain(..) {
-            done.put(Err(Error::Internal("the write stopped".into())));
-        }
+        st.jobs.clear();
         self.wake.notify_all();
     }
 
     /// Encodes handed-over row groups until no lane merges any more.
     fn serve(&self, factory: &ArrowRowGroupWriterFactory) {
-        let schema = parquet_schema();
         let mut st = self.lock();
         st.idle += 1;
         loop {
-            if let Some((row_group, batches, done)) = st.jobs.pop_front() {
+            if let Some(job) = st.jobs.pop_front() {
                 st.idle -= 1;
                 drop(st);
-                let encode = || -> Result<Vec<ArrowColumnChunk>> {
-                    let mut writers = factory
-                        .create_column_writers(row_group)
-                        .map_err(encoding_err)?;
-                    for batch in &batches {
-                        encode_batch(&mut writers, &schema, batch)?;
+                if let Some(batches) = job.claim() {
+                    let chunks = encode_group(factory, job.row_group, &batches);
+                    drop(batches);
+                    if chunks.is_ok() {
+                        self.encoded
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    close_writers(writers)
-                };
-                let chunks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode))
-                    .unwrap_or_else(|_| {
-                        Err(Error::Internal("a row group encoder panicked".into()))
-                    });
-                drop(batches);
-                self.encoded
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                done.put(chunks);
+                    job.put(chunks);
+                }
                 st = self.lock();
                 st.idle += 1;
             } else if st.merging == 0 || st.stopped {
@@ -1431,11 +1493,14 @@ impl Helpers {
     }
 }
 
-/// Calls `lane_done` when a lane ends, however it ends.
+/// Tells the helpers when a lane ends, however it ends; a lane that panicked stops the write.
 struct LaneDone<'a>(&'a Helpers);
 
 impl Drop for LaneDone<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop();
+        }
         self.0.lane_done();
     }
 }
@@ -1491,9 +1556,10 @@ fn merge_and_write(
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let helpers = Helpers::new(lanes, handoff);
-    let (runs, ranges, factory, next, stop, helpers) =
-        (&runs, &ranges, &factory, &next, &stop, &helpers);
+    let helpers = Helpers::new(lanes);
+    let started = Instant::now();
+    let (runs, ranges, factory, next, stop, helpers, started) =
+        (&runs, &ranges, &factory, &next, &stop, &helpers, &started);
     std::thread::scope(|scope| {
         // Finished files waiting for their fsync (each holds only a descriptor).
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<(File, PathBuf)>(64);
@@ -1515,8 +1581,12 @@ fn merge_and_write(
                         // Dropped, so that helpers know this lane merges no more, before it
                         // helps.
                         let _done = LaneDone(helpers);
-                        let mut files =
-                            LaneFiles::new(dir, (factory, codec), sync_tx, Some(helpers));
+                        let mut files = LaneFiles::new(
+                            dir,
+                            (factory, codec),
+                            sync_tx,
+                            handoff.then_some(helpers),
+                        );
                         let mut merged = Ok(());
                         while merged.is_ok() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1529,7 +1599,13 @@ fn merge_and_write(
                     };
                     match merged {
                         Ok(files) => {
-                            helpers.serve(factory);
+                            tracing::debug!(
+                                "a lane merged its last range at {:.2}s",
+                                started.elapsed().as_secs_f64()
+                            );
+                            if handoff {
+                                helpers.serve(factory);
+                            }
                             Ok(files)
                         }
                         Err(e) => {
@@ -1550,14 +1626,19 @@ fn merge_and_write(
                 Err(_) => failed = failed.or(Some(Error::Internal("a write lane panicked".into()))),
             }
         }
+        tracing::debug!("lanes done at {:.2}s", started.elapsed().as_secs_f64());
         let synced = syncer
             .join()
             .unwrap_or_else(|_| Err(Error::Internal("the file syncer panicked".into())));
+        tracing::debug!("files synced at {:.2}s", started.elapsed().as_secs_f64());
         // The syncer's error first: a lane stops because the syncer stopped, not the reverse.
         synced?;
-        let handed = helpers.encoded.load(std::sync::atomic::Ordering::Relaxed);
+        let handed = helpers.handed.load(std::sync::atomic::Ordering::Relaxed);
         if handed > 0 {
-            tracing::info!("{handed} row groups encoded by lanes with no range left");
+            tracing::info!(
+                "{handed} row groups handed to lanes with no range left, {} encoded by them",
+                helpers.encoded.load(std::sync::atomic::Ordering::Relaxed)
+            );
         }
         match failed {
             Some(e) => Err(e),
@@ -2221,67 +2302,84 @@ mod tests {
         assert_eq!(merge_chunk_rows(0, 0, 0, 0), MIN_MERGE_BATCH_ROWS);
     }
 
+    /// Helpers encode what they are handed and stop when no lane merges any more; a row group
+    /// no helper has taken (none was free, or the write failed) is encoded by the lane that
+    /// needs it. The chunks are the same either way.
+    #[test]
+    fn helpers_encode_handed_row_groups_or_give_them_back() {
+        let (_, factory) = parquet_file_writer(std::io::sink(), Codec::default()).unwrap();
+        let rows: Vec<_> = (0..10).map(|i| (Some(1), Some(i), 0u8, i)).collect();
+        let piece: Vec<_> = (0..rows.len()).map(|i| (0, i)).collect();
+        let gathered = gather(&parquet_schema(), &[batch(&rows)], &piece).unwrap();
+        let file_bytes = |chunks: Vec<ArrowColumnChunk>| -> Vec<u8> {
+            let (mut w, _) = parquet_file_writer(Vec::new(), Codec::default()).unwrap();
+            let mut g = w.next_row_group().unwrap();
+            for c in chunks {
+                c.append_to_row_group(&mut g).unwrap();
+            }
+            g.close().unwrap();
+            w.into_inner().unwrap()
+        };
+        let encoded = |h: &Helpers| h.encoded.load(std::sync::atomic::Ordering::Relaxed);
+
+        // Two lanes: one merging, one helping, which returns once the other is done.
+        let helpers = Helpers::new(2);
+        let helped = std::thread::scope(|scope| {
+            let helper = scope.spawn(|| helpers.serve(&factory));
+            while !helpers.reserve() {
+                std::thread::yield_now();
+            }
+            let job = helpers.submit(0, vec![gathered.clone()]);
+            // (Taken before the helper claims it, it would be encoded here.)
+            while !job.is_ready() {
+                std::thread::yield_now();
+            }
+            let chunks = helpers.take(&job, &factory).unwrap();
+            helpers.lane_done();
+            helpers.lane_done();
+            helper.join().unwrap();
+            chunks
+        });
+        assert_eq!(helped.len(), parquet_schema().fields().len());
+        assert_eq!(encoded(&helpers), 1);
+        let expected = file_bytes(helped);
+
+        // No helper: nothing to reserve, and a queued row group is taken back.
+        let helpers = Helpers::new(2);
+        assert!(!helpers.reserve());
+        let job = helpers.submit(0, vec![gathered.clone()]);
+        assert!(!job.is_ready());
+        assert_eq!(helpers.lock().jobs.len(), 1);
+        let back = helpers.take(&job, &factory).unwrap();
+        assert!(helpers.lock().jobs.is_empty());
+        assert!(file_bytes(back) == expected);
+
+        // The write failed: the queue empties, nothing is reserved any more, the lane encodes
+        // its row group itself, and a helper that starts now returns at once.
+        let helpers = Helpers::new(2);
+        let job = helpers.submit(0, vec![gathered.clone()]);
+        helpers.stop();
+        assert!(helpers.lock().jobs.is_empty());
+        assert!(!helpers.reserve());
+        assert!(file_bytes(helpers.take(&job, &factory).unwrap()) == expected);
+        helpers.serve(&factory);
+        assert_eq!(encoded(&helpers), 0);
+
+        // A lane that panics stops the write and counts as done.
+        let helpers = Helpers::new(2);
+        let lane = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _done = LaneDone(&helpers);
+            panic!("a lane fails");
+        }));
+        assert!(lane.is_err());
+        let st = helpers.lock();
+        assert!(st.stopped);
+        assert_eq!(st.merging, 1);
+    }
+
     /// Row groups encoded apart and appended in order give the bytes that `ArrowWriter` gives for
     /// the same batches, for a file of several row groups whose rows come from several sources,
     /// in stretches and one by one.
-    /// Helpers stop when no lane merges any more; a failed write fails the row groups still
-    /// queued and any handed over after it, so no lane waits for an encoding that never comes.
-    #[test]
-    fn helpers_stop_with_the_lanes_and_fail_queued_row_groups() {
-        let (_, factory) = parquet_file_writer(std::io::sink(), Codec::default()).unwrap();
-        let rows: Vec<_> = (0..10)
-            .map(|i| (Some(1), Some(i), 0u8, i))
-            .collect();
-        let piece: Vec<_> = (0..rows.len()).map(|i| (0, i)).collect();
-        let gathered = gather(&parquet_schema(), &[batch(&rows)], &piece).unwrap();
-
-        // Two lanes: one merging, one helping, which encodes what it is handed and returns once
-        // the other is done.
-        let helpers = Helpers::new(2, true);
-        std::thread::scope(|scope| {
-            let helper = scope.spawn(|| helpers.serve(&factory));
-            while !helpers.idle() {
-                std::thread::yield_now();
-            }
-            let chunks = helpers.submit(0, vec![gathered.clone()]).take().unwrap();
-            assert_eq!(chunks.len(), parquet_schema().fields().len());
-            helpers.lane_done();
-            helpers.lane_done();
-            helper.join().unwrap();
-        });
-        assert_eq!(
-            helpers.encoded.load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
-
-        // Queued with no helper free, then the write fails; and handed over after it failed.
-        let helpers = Helpers::new(2, true);
-        let queued = helpers.submit(0, vec![gathered.clone()]);
-        assert!(!queued.is_ready());
-        helpers.stop();
-        assert!(queued.take().is_err());
-        assert!(helpers.submit(1, vec![gathered]).take().is_err());
-        assert!(!helpers.idle());
-        // A helper that starts after the failure returns at once.
-        helpers.serve(&factory);
-        assert_eq!(
-            helpers.encoded.load(std::sync::atomic::Ordering::Relaxed),
-            0
-        );
-        // Disabled: never idle.
-        let helpers = Helpers::new(2, false);
-        std::thread::scope(|scope| {
-            let helper = scope.spawn(|| helpers.serve(&factory));
-            for _ in 0..1000 {
-                assert!(!helpers.idle());
-                std::thread::yield_now();
-            }
-            helpers.lane_done();
-            helpers.lane_done();
-            helper.join().unwrap();
-        });
-    }
-
     #[test]
     fn row_groups_encoded_apart_match_arrow_writer() {
         let n = ROW_GROUP_ROWS * 4 + 3000;
@@ -2333,10 +2431,10 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (_, factory) = parquet_file_writer(std::io::sink(), Codec::default()).unwrap();
             let (synced, sync_rx) = std::sync::mpsc::sync_channel(64);
-            let helpers = Helpers::new(1, true);
+            let helpers = Helpers::new(1);
             let files = std::thread::scope(|scope| {
                 let helper = helped.then(|| scope.spawn(|| helpers.serve(&factory)));
-                while helped && !helpers.idle() {
+                while helped && helpers.lock().idle == 0 {
                     std::thread::yield_now();
                 }
                 let _done = LaneDone(&helpers);
@@ -2358,7 +2456,7 @@ mod tests {
                 out.files
             });
             assert_eq!(sync_rx.try_iter().count(), 1);
-            let handed = helpers.encoded.load(std::sync::atomic::Ordering::Relaxed);
+            let handed = helpers.handed.load(std::sync::atomic::Ordering::Relaxed);
             if helped {
                 assert!(handed >= 1, "no row group was handed over");
             } else {
