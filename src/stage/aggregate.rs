@@ -293,37 +293,30 @@ impl Tally {
         self.total += o.total;
     }
 
-    /// Adds one sender partition.
-    fn add_partition(
+    /// Adds the `slice` rows of a sender partition from row `offset` on.
+    fn add_slice(
         &mut self,
         part: &Path,
+        (offset, slice): (u64, IdxSize),
         include_system: bool,
         hours: &mut LocalHours<'_>,
-        slice: IdxSize,
     ) -> Result<()> {
-        let total = partition_rows(part)?;
-        let scan = scan_partition(part)?;
-        let mut offset = 0u64;
-        while offset < total {
-            // Slice before filtering, so that each slice is read once from the row groups
-            // it covers.
-            let mut lf = scan.clone().slice(offset as i64, slice);
-            if !include_system {
-                lf = lf.filter(col("kind").eq(lit("message")));
-            }
-            let rows = lf
-                .select([
-                    col("sender_id"),
-                    col("room"),
-                    col("ts").cast(DataType::Int64),
-                    col("message"),
-                ])
-                .collect()
-                .map_err(|e| polars_err(&format!("{}", part.display()), e))?;
-            self.add_rows(&rows, hours)?;
-            offset += u64::from(slice);
+        // Slice before filtering, so that each slice is read once from the row groups it
+        // covers.
+        let mut lf = scan_partition(part)?.slice(offset as i64, slice);
+        if !include_system {
+            lf = lf.filter(col("kind").eq(lit("message")));
         }
-        Ok(())
+        let rows = lf
+            .select([
+                col("sender_id"),
+                col("room"),
+                col("ts").cast(DataType::Int64),
+                col("message"),
+            ])
+            .collect()
+            .map_err(|e| polars_err(&format!("{}", part.display()), e))?;
+        self.add_rows(&rows, hours)
     }
 
     /// Adds rows (sender_id, room, ts, message) of one sender partition.
@@ -413,11 +406,12 @@ fn add_hours(by_room: &mut BTreeMap<String, [u64; 24]>, room: &str, counts: &[u6
 
 /// Computes every aggregate over the complete `dates`.
 ///
-/// One sender partition at a time per thread, on as many threads as there are cores (at most
-/// two: Polars decodes with its own pool), each thread tallying its partitions apart and the
-/// tallies merged at the end; memory is bounded by one slice of rows per thread. Polars scans
-/// each slice of a partition and groups it by room (messages, first and last time); one pass
-/// over its rows adds characters, hours in `tz` and words.
+/// One slice of a sender partition at a time per thread, on as many threads as there are cores
+/// (at most two: Polars decodes with its own pool), each thread tallying its slices apart and
+/// the tallies merged at the end, so that a busy sender's partition is shared by the threads;
+/// memory is bounded by one slice of rows per thread. Polars scans each slice and groups it by
+/// room (messages, first and last time); one pass over its rows adds characters, hours in `tz`
+/// and words.
 pub fn compute(
     settings: &Settings,
     layout: &Layout,
@@ -431,22 +425,29 @@ pub fn compute(
     for date in dates {
         parts.extend(partitions(layout, *date)?);
     }
-    // Partitions are handed out in order; a failed partition stops both threads, and the error
-    // reported is that of the first failed partition in order, whatever the timing.
-    let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 2);
     let slice = slice_rows(settings.memory_budget_mb, threads);
+    // Slices (partition, first row) are handed out in order. A partition whose footers cannot be
+    // read fails before any slice is read; a failed slice stops both threads, and the error
+    // reported is that of the first failed slice in order, whatever the timing.
+    let mut slices = Vec::new();
+    for (p, part) in parts.iter().enumerate() {
+        let rows = partition_rows(part)?;
+        slices.extend((0..rows).step_by(slice as usize).map(|offset| (p, offset)));
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let work = || -> std::result::Result<Tally, (usize, Error)> {
         let mut tally = Tally::default();
         let mut hours = LocalHours::new(tz);
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(part) = parts.get(i) else {
+            let Some(&(p, offset)) = slices.get(i) else {
                 return Ok(tally);
             };
-            if let Err(e) = tally.add_partition(part, include_system, &mut hours, slice) {
+            let part = &parts[p];
+            if let Err(e) = tally.add_slice(part, (offset, slice), include_system, &mut hours) {
                 next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
                 return Err((i, e));
             }

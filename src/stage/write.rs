@@ -1405,7 +1405,8 @@ impl Helpers {
         free
     }
 
-    /// Queues row group `row_group` (its gathered rows) for the helper reserved for it.
+    /// Queues row group `row_group` (its gathered rows) for the helper reserved for it (tests
+    /// also queue without a reservation, as if its helper had left).
     fn submit(&self, row_group: usize, batches: Vec<RecordBatch>) -> Arc<Encoded> {
         let job = Arc::new(Encoded {
             row_group,
@@ -1431,8 +1432,17 @@ impl Helpers {
         factory: &ArrowRowGroupWriterFactory,
     ) -> Result<Vec<ArrowColumnChunk>> {
         if let Some(batches) = job.claim() {
-            self.lock().jobs.retain(|j| !Arc::ptr_eq(j, job));
-            return encode_group(factory, job.row_group, &batches);
+            // Counted as reserved while its rows are held, as they were while queued.
+            {
+                let mut st = self.lock();
+                st.jobs.retain(|j| !Arc::ptr_eq(j, job));
+                st.reserved += 1;
+            }
+            let chunks = encode_group(factory, job.row_group, &batches);
+            drop(batches);
+            let mut st = self.lock();
+            st.reserved = st.reserved.saturating_sub(1);
+            return chunks;
         }
         let mut st = job.lock();
         loop {
@@ -1493,12 +1503,14 @@ impl Helpers {
     }
 }
 
-/// Tells the helpers when a lane ends, however it ends; a lane that panicked stops the write.
-struct LaneDone<'a>(&'a Helpers);
+/// Tells the helpers when a lane ends, however it ends; a lane that panicked stops the write
+/// (the other lanes, through the flag, and the helpers).
+struct LaneDone<'a>(&'a Helpers, &'a std::sync::atomic::AtomicBool);
 
 impl Drop for LaneDone<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            self.1.store(true, std::sync::atomic::Ordering::Relaxed);
             self.0.stop();
         }
         self.0.lane_done();
@@ -1580,7 +1592,7 @@ fn merge_and_write(
                     let merged = {
                         // Dropped, so that helpers know this lane merges no more, before it
                         // helps.
-                        let _done = LaneDone(helpers);
+                        let _done = LaneDone(helpers, stop);
                         let mut files = LaneFiles::new(
                             dir,
                             (factory, codec),
@@ -2322,21 +2334,26 @@ mod tests {
         };
         let encoded = |h: &Helpers| h.encoded.load(std::sync::atomic::Ordering::Relaxed);
 
-        // Two lanes: one merging, one helping, which returns once the other is done.
+        // Two lanes: one merging, one helping, which returns once the other is done. One idle
+        // helper takes one reservation.
         let helpers = Helpers::new(2);
+        let stop = std::sync::atomic::AtomicBool::new(false);
         let helped = std::thread::scope(|scope| {
             let helper = scope.spawn(|| helpers.serve(&factory));
-            while !helpers.reserve() {
-                std::thread::yield_now();
-            }
-            let job = helpers.submit(0, vec![gathered.clone()]);
-            // (Taken before the helper claims it, it would be encoded here.)
-            while !job.is_ready() {
-                std::thread::yield_now();
-            }
-            let chunks = helpers.take(&job, &factory).unwrap();
-            helpers.lane_done();
-            helpers.lane_done();
+            let chunks = {
+                // Done on every way out, so that a failed check cannot leave the helper waiting.
+                let (_merging, _other) = (LaneDone(&helpers, &stop), LaneDone(&helpers, &stop));
+                while !helpers.reserve() {
+                    std::thread::yield_now();
+                }
+                assert!(!helpers.reserve(), "one helper, reserved twice");
+                let job = helpers.submit(0, vec![gathered.clone()]);
+                // (Taken before the helper claims it, it would be encoded here.)
+                while !job.is_ready() {
+                    std::thread::yield_now();
+                }
+                helpers.take(&job, &factory).unwrap()
+            };
             helper.join().unwrap();
             chunks
         });
@@ -2365,13 +2382,16 @@ mod tests {
         helpers.serve(&factory);
         assert_eq!(encoded(&helpers), 0);
 
-        // A lane that panics stops the write and counts as done.
+        // A lane that panics stops the write (the other lanes and the helpers) and counts as
+        // done.
         let helpers = Helpers::new(2);
+        assert!(!stop.load(std::sync::atomic::Ordering::Relaxed));
         let lane = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _done = LaneDone(&helpers);
+            let _done = LaneDone(&helpers, &stop);
             panic!("a lane fails");
         }));
         assert!(lane.is_err());
+        assert!(stop.load(std::sync::atomic::Ordering::Relaxed));
         let st = helpers.lock();
         assert!(st.stopped);
         assert_eq!(st.merging, 1);
@@ -2432,12 +2452,13 @@ mod tests {
             let (_, factory) = parquet_file_writer(std::io::sink(), Codec::default()).unwrap();
             let (synced, sync_rx) = std::sync::mpsc::sync_channel(64);
             let helpers = Helpers::new(1);
+            let stop = std::sync::atomic::AtomicBool::new(false);
             let files = std::thread::scope(|scope| {
                 let helper = helped.then(|| scope.spawn(|| helpers.serve(&factory)));
                 while helped && helpers.lock().idle == 0 {
                     std::thread::yield_now();
                 }
-                let _done = LaneDone(&helpers);
+                let _done = LaneDone(&helpers, &stop);
                 let mut out = LaneFiles::new(
                     dir.path(),
                     (&factory, Codec::default()),
