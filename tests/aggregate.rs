@@ -317,6 +317,63 @@ fn dates_without_complete_output_exit_66() {
     assert_eq!(o.status.code(), Some(64));
 }
 
+/// A committed Parquet file damaged afterwards (its pages, or its footer): exit 65 with one
+/// line naming the partition, and the aggregates committed before stay as they were.
+#[test]
+fn a_damaged_parquet_file_exits_65_and_keeps_the_previous_aggregates() {
+    let dir = sample_workspace();
+    let w = dir.path();
+    ok(chatetl(w, &["run", "--no-notify", "--date", "2024-10-24"]));
+    let agg = w.join("out/aggregates/date=2024-10-24");
+    let snapshot = || -> BTreeMap<String, Vec<u8>> {
+        fs::read_dir(&agg)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.display().to_string(), fs::read(&p).unwrap())
+            })
+            .collect()
+    };
+    let before = snapshot();
+    let mut files: Vec<PathBuf> = fs::read_dir(w.join("out/messages/date=2024-10-24"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("part-00000.parquet"))
+        .filter(|p| p.exists())
+        .collect();
+    files.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).unwrap().len()));
+    // The largest file's pages (its metadata left whole), then another file's footer.
+    let (pages, footer) = (&files[0], &files[1]);
+    let mut bytes = fs::read(pages).unwrap();
+    for b in &mut bytes[8..200] {
+        *b ^= 0x5a;
+    }
+    fs::write(pages, &bytes).unwrap();
+    for (damaged, cut) in [(pages, false), (footer, true)] {
+        if cut {
+            let len = fs::metadata(damaged).unwrap().len();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(damaged)
+                .unwrap()
+                .set_len(len - 3)
+                .unwrap();
+        }
+        let o = chatetl(w, &["aggregate", "--date", "2024-10-24"]);
+        assert_eq!(
+            o.status.code(),
+            Some(65),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let partition = damaged.parent().unwrap().file_name().unwrap();
+        assert!(err.contains(&*partition.to_string_lossy()), "{err}");
+        let after = snapshot();
+        assert!(after == before, "the committed aggregates changed");
+    }
+}
+
 #[test]
 fn a_sender_larger_than_a_slice_aggregates_the_same_in_any_budget() {
     // One sender with 30,000 rows (system rows among them) in three rooms, over the whole day:
