@@ -8,7 +8,7 @@
   bench/bench.py --format json --hot-share 0.6        # one bot writes 60% of the lines
 
 Builds the release binary, generates the input with bench/gen_log.py when it is missing (seeded,
-so the same size and format always give the same file), then runs each stage in a fresh process
+so the same size, format and hot share always give the same file), then runs each stage in a fresh process
 and reports wall time, MB/s, rows/s and that process's peak RSS (from wait4's rusage).
 
 For JSON lines it also runs DuckDB on the same file in the same invocation (read_json, then

@@ -10,7 +10,8 @@ Writes one day of realistic chat log of about SIZE bytes, seeded, as Python `str
 0.5% of messages hold a lone-surrogate escape, 1% a control character, 0.2% of lines are
 truncated (as when a writer crashed). With --hot-share F, one more sender, `relay-bot`, writes
 a fraction F of the lines (a day dominated by one bot); drawn from a second seeded generator, so
-that everything but those lines' sender is the same as without it.
+that the lines are those written without it, in the same order, but for the sender (how many
+lines fit in SIZE may differ slightly, as the sender's length changes a line's).
 
 Times run through the whole day, whatever the size: the seconds grow line by line at the pace
 that spreads the expected number of lines over 24 hours, and the microseconds are random within
