@@ -1052,6 +1052,22 @@ fn unwritable_output_root_exits_73() {
     assert_eq!(code(&o), 73, "{}", stderr(&o));
 }
 
+/// Extracts 2024-10-24 from `inp` into `out`, then writes it with `memory_budget_mb` =
+/// `budget` (both must succeed): write's log (`-v`), the date's directory and its manifest.
+fn extract_and_write(dir: &Path, inp: &Path, out: &Path, budget: &str) -> (String, PathBuf, Value) {
+    let o = run(dir, &args(inp, out, &["extract", "--date", "2024-10-24"]));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = chatetl(dir)
+        .env("CHATETL_MEMORY_BUDGET_MB", budget)
+        .args(args(inp, out, &["-v", "write", "--date", "2024-10-24"]))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let date_dir = out.join("messages/date=2024-10-24");
+    let m: Value = serde_json::from_slice(&fs::read(date_dir.join("_SUCCESS")).unwrap()).unwrap();
+    (stderr(&o), date_dir, m)
+}
+
 #[test]
 fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -1085,27 +1101,13 @@ fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
     // one lane per core; 4 GiB: one run in memory, cut into ranges.
     for (root, budget) in [("small", "16"), ("medium", "64"), ("large", "4096")] {
         let out = dir.path().join(root);
-        let o = run(
-            dir.path(),
-            &args(&inp, &out, &["extract", "--date", "2024-10-24"]),
-        );
-        assert_eq!(code(&o), 0, "{}", stderr(&o));
-        let o = chatetl(dir.path())
-            .env("CHATETL_MEMORY_BUDGET_MB", budget)
-            .args(args(&inp, &out, &["-v", "write", "--date", "2024-10-24"]))
-            .output()
-            .unwrap();
-        assert_eq!(code(&o), 0, "{}", stderr(&o));
-        let log = stderr(&o);
+        let (log, date_dir, m) = extract_and_write(dir.path(), &inp, &out, budget);
         if budget != "4096" {
             assert!(log.contains("spilled to disk"), "{log}");
         } else {
             assert!(log.contains("sorted in memory"), "{log}");
         }
-        let date_dir = out.join("messages/date=2024-10-24");
         assert_eq!(assert_complete_date(&date_dir), 93_000);
-        let m: Value =
-            serde_json::from_slice(&fs::read(date_dir.join("_SUCCESS")).unwrap()).unwrap();
         assert_eq!(m["files"].as_array().unwrap().len(), 401);
         assert!(!date_dir.join(".spill").exists());
         manifests.push(m["files"].clone());
@@ -1140,22 +1142,9 @@ fn a_day_of_one_busy_sender_gives_the_bytes_of_one_lane() {
     // 16 MiB: one lane; 512 MiB: one lane per core, and those with no range left help.
     for (root, budget) in [("one-lane", "16"), ("lanes", "512")] {
         let out = dir.path().join(root);
-        let o = run(
-            dir.path(),
-            &args(&inp, &out, &["extract", "--date", "2024-10-24"]),
-        );
-        assert_eq!(code(&o), 0, "{}", stderr(&o));
-        let o = chatetl(dir.path())
-            .env("CHATETL_MEMORY_BUDGET_MB", budget)
-            .args(args(&inp, &out, &["-v", "write", "--date", "2024-10-24"]))
-            .output()
-            .unwrap();
-        assert_eq!(code(&o), 0, "{}", stderr(&o));
-        eprintln!("budget {budget} MiB: {}", stderr(&o));
-        let date_dir = out.join("messages/date=2024-10-24");
+        let (log, date_dir, m) = extract_and_write(dir.path(), &inp, &out, budget);
+        eprintln!("budget {budget} MiB: {log}");
         assert_eq!(assert_complete_date(&date_dir), 300_000);
-        let m: Value =
-            serde_json::from_slice(&fs::read(date_dir.join("_SUCCESS")).unwrap()).unwrap();
         let files = m["files"].as_array().unwrap();
         assert_eq!(files.len(), 8);
         let bot = files
