@@ -11,6 +11,7 @@ pub mod check_log;
 pub mod clean_output;
 pub mod dedupe;
 pub mod extract;
+pub mod ipc;
 pub mod notify;
 pub mod reorder;
 pub mod report;
