@@ -38,7 +38,8 @@ impl IpcBlocks {
             return Err("too short to be an Arrow IPC file".into());
         }
         let mut trailer = [0u8; 10];
-        read_at(&file, &mut trailer, base + len - 10)?;
+        let end = base.checked_add(len).ok_or("a range past any file's end")?;
+        read_at(&file, &mut trailer, end - 10)?;
         let footer_len = read_footer_length(trailer).map_err(|e| e.to_string())? as u64;
         let footer_at = (len - 10)
             .checked_sub(footer_len)
@@ -57,9 +58,16 @@ impl IpcBlocks {
         }
         let blocks: Vec<Block> = footer
             .recordBatches()
-            .map(|b| b.iter().copied().collect())
-            .unwrap_or_default();
+            .ok_or("no record batches in the footer")?
+            .iter()
+            .copied()
+            .collect();
         for b in &blocks {
+            // A block begins with its message's 8-byte prefix, which arrow's decoder reads
+            // without checking the length.
+            if b.metaDataLength() < 8 {
+                return Err("a block too short to hold a message".into());
+            }
             let end = u64::try_from(b.offset())
                 .ok()
                 .zip(u64::try_from(b.metaDataLength()).ok())

@@ -890,14 +890,9 @@ fn sorted_order<'a>(batches: &'a [RecordBatch], names: &mut Names) -> RunOrder<'
             *at += 1;
         }
     }
-    // The standard library's stable sort: where a sender's rows come in time order (a log
-    // written as the day goes, by one producer) it finds the ordered stretches and merges them
-    // instead of partitioning them again. On the benchmark's log, whose microseconds are
-    // random within the second, it costs what the unstable sort did. The keys end in the row's
-    // place, so no two are equal and both sorts give the same order.
     let mut start = 0;
     for end in place {
-        keys[start..end].sort();
+        keys[start..end].sort_unstable();
         start = end;
     }
     let order = keys
