@@ -722,7 +722,8 @@ fn write_is_deterministic_and_manifest_matches() {
 
 /// `write` reads the staged records without arrow's validation and checks them itself: staged
 /// text damaged after extract (a byte that is never UTF-8, or a lone continuation byte in place
-/// of a Hangul syllable's first byte) is a data error, and the committed date stays as it was.
+/// of a Hangul syllable's first byte), or a staged file cut short or with a damaged footer, is a
+/// data error, and the committed date stays as it was.
 #[test]
 fn damaged_staged_text_is_a_data_error_and_keeps_the_previous_date() {
     let line = |i: usize| format!("{{'user': 'u{}', 'message': 'mark{i:04} 가나'}}\n", i % 3);
@@ -749,24 +750,39 @@ fn damaged_staged_text_is_a_data_error_and_keeps_the_previous_date() {
             .position(|w| w == needle)
             .expect("the message is in the staged file")
     };
-    let not_utf8 = at(b"mark0007");
-    let split = at("mark0011 가나".as_bytes()) + "mark0011 가".len();
-    for (pos, byte) in [(not_utf8, 0xFF), (split, 0x80)] {
-        let mut damaged = pristine.clone();
-        damaged[pos] = byte;
-        fs::write(&staged, &damaged).unwrap();
+    // `write` on a damaged staged file: exit 65 with one line holding `says`, the date as it was.
+    let fails = |damaged: &[u8], says: &str| {
+        fs::write(&staged, damaged).unwrap();
         let o = run(
             dir.path(),
             &args(&input, &out, &["write", "--date", "2024-10-24"]),
         );
         assert_eq!(code(&o), 65, "{}", stderr(&o));
         assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
-        assert!(
-            stderr(&o).contains("unreadable staged records: column message: not UTF-8"),
-            "{}",
-            stderr(&o)
-        );
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
         assert_eq!(snapshot(&date_dir), before, "the committed date changed");
+    };
+    let not_utf8 = at(b"mark0007");
+    let split = at("mark0011 가나".as_bytes()) + "mark0011 가".len();
+    for (pos, byte) in [(not_utf8, 0xFF), (split, 0x80)] {
+        let mut damaged = pristine.clone();
+        damaged[pos] = byte;
+        fails(
+            &damaged,
+            "unreadable staged records: column message: not UTF-8",
+        );
+    }
+    // Cut short (the footer gone), or its footer's length damaged (the length, four bytes
+    // before the closing magic, made negative).
+    let len = pristine.len();
+    let mut bad_length = pristine.clone();
+    bad_length[len - 10..len - 6].copy_from_slice(&u32::MAX.to_le_bytes());
+    for damaged in [
+        &pristine[..len - 100],
+        &pristine[..len / 2],
+        &bad_length[..],
+    ] {
+        fails(damaged, "unreadable staged records");
     }
     fs::write(&staged, &pristine).unwrap();
     stages(&["write"]);
