@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+use arrow_array::types::{Int64Type, TimestampMicrosecondType, UInt32Type};
 use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, PrimitiveArray, RecordBatch, StringArray};
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
@@ -72,6 +72,13 @@ pub fn reorder(
             DataType::Utf8 => {
                 let strings: Vec<&StringArray> = cols.iter().map(|c| c.as_string()).collect();
                 scatter_strings(&strings, &dest, groups, chunk_rows)?
+            }
+            DataType::UInt32 => {
+                let values: Vec<_> = cols
+                    .iter()
+                    .map(|c| c.as_primitive::<UInt32Type>())
+                    .collect();
+                scatter_primitive(&values, &dest, chunk_rows, field.data_type())
             }
             DataType::Int64 => {
                 let values: Vec<_> = cols.iter().map(|c| c.as_primitive::<Int64Type>()).collect();

@@ -1,8 +1,8 @@
 //! `write`: a date's staged records to Hive-partitioned Parquet, committed atomically.
 //!
 //! Rows are ordered by (sender, ts, source_file, source_line) with an external merge sort: the
-//! staged records are cut into runs that fit the memory budget, each run is sorted, runs that do
-//! not all fit are spilled to Arrow IPC files, and a k-way merge streams the rows out sender by
+//! staged records are cut into runs that fit the memory budget, each run is sorted (with each
+//! sender and source file as a number), runs that do not all fit are spilled to Arrow IPC files, and a k-way merge streams the rows out sender by
 //! sender into `sender_id=<escaped>/part-00000.parquet`. Every run is cut at the same sender
 //! names into ranges of about equal rows (chosen from the first run), so the merge goes range by
 //! range on one lane per core, each merging, encoding and writing its ranges' files on its own;
@@ -15,7 +15,7 @@
 //! Output is deterministic: same staged input, same tool version, byte-identical files.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+use arrow_array::types::{Int64Type, TimestampMicrosecondType, UInt32Type};
 use arrow_array::{Array, RecordBatch};
 use arrow_ipc::writer::FileWriter;
 use chrono::NaiveDate;
@@ -364,69 +364,138 @@ struct SpillFile {
     end: u64,
 }
 
-/// Every distinct sender and source file of the staged rows (the null sender aside).
+/// Ids of the senders and source files met in the runs (the null sender aside), shared by the
+/// sorters: a sorted run holds a sender's and a source file's id (`run_schema`) where the staged
+/// records hold its name, so that putting a run in order, spilling it and reading it back move
+/// four bytes a row for each instead of the name and its offset (the file name alone was a fifth
+/// of the staged bytes).
 #[derive(Default)]
-struct Names {
-    senders: BTreeSet<String>,
-    files: BTreeSet<String>,
+struct Interned {
+    senders: HashMap<String, u32, foldhash::fast::RandomState>,
+    sender_names: Vec<String>,
+    files: HashMap<String, u32, foldhash::fast::RandomState>,
+    file_names: Vec<String>,
+}
+
+impl Interned {
+    fn id(
+        map: &mut HashMap<String, u32, foldhash::fast::RandomState>,
+        names: &mut Vec<String>,
+        name: &str,
+    ) -> Result<u32> {
+        if let Some(&id) = map.get(name) {
+            return Ok(id);
+        }
+        let id = u32::try_from(names.len())
+            .map_err(|_| Error::Internal("more than 2^32 names in one day".into()))?;
+        map.insert(name.to_string(), id);
+        names.push(name.to_string());
+        Ok(id)
+    }
+
+    /// The ids of a run's senders and files, given in rank order.
+    fn ids(&mut self, senders: &[&str], files: &[&str]) -> Result<(Vec<u32>, Vec<u32>)> {
+        let s = senders
+            .iter()
+            .map(|n| Self::id(&mut self.senders, &mut self.sender_names, n))
+            .collect::<Result<_>>()?;
+        let f = files
+            .iter()
+            .map(|n| Self::id(&mut self.files, &mut self.file_names, n))
+            .collect::<Result<_>>()?;
+        Ok((s, f))
+    }
+}
+
+/// The schema of sorted runs: the staged schema with the sender and the source file as ids
+/// into [`Interned`]'s names.
+fn run_schema() -> arrow_schema::SchemaRef {
+    static SCHEMA: std::sync::OnceLock<arrow_schema::SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let staged = staged_schema();
+            let mut fields: Vec<arrow_schema::Field> =
+                staged.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[C_SENDER] = fields[C_SENDER]
+                .clone()
+                .with_data_type(arrow_schema::DataType::UInt32);
+            fields[C_FILE] = fields[C_FILE]
+                .clone()
+                .with_data_type(arrow_schema::DataType::UInt32);
+            Arc::new(arrow_schema::Schema::new(fields))
+        })
+        .clone()
 }
 
 /// The merge's order as integers: (sender rank, ts, file rank, line). Ranks follow the byte
 /// order of the names, the null sender first, so this is the order of `cmp_rows`.
 type MergeKey = (u32, Option<i64>, u32, i64);
 
-/// Ranks of every sender and file of the date.
+/// Ranks of every sender and file of the date, by id, and their names.
 struct Ranks {
-    senders: HashMap<String, u32, foldhash::fast::RandomState>,
-    files: HashMap<String, u32, foldhash::fast::RandomState>,
+    /// A sender id's rank (from 1; the null sender is 0).
+    senders: Vec<u32>,
+    /// A file id's rank.
+    files: Vec<u32>,
+    sender_names: Vec<String>,
+    file_names: Vec<String>,
 }
 
 impl Ranks {
-    fn new(names: Names) -> Ranks {
-        let rank = |set: BTreeSet<String>| {
-            set.into_iter()
-                .enumerate()
-                .map(|(i, n)| (n, i as u32 + 1))
-                .collect()
+    fn new(names: Interned) -> Ranks {
+        let rank = |names: &[String]| {
+            let mut by_name: Vec<usize> = (0..names.len()).collect();
+            by_name.sort_unstable_by(|&a, &b| names[a].cmp(&names[b]));
+            let mut rank = vec![0u32; names.len()];
+            for (r, id) in by_name.into_iter().enumerate() {
+                rank[id] = r as u32 + 1;
+            }
+            rank
         };
         Ranks {
-            senders: rank(names.senders),
-            files: rank(names.files),
+            senders: rank(&names.sender_names),
+            files: rank(&names.file_names),
+            sender_names: names.sender_names,
+            file_names: names.file_names,
         }
     }
 
-    /// The merge keys of a sorted batch's rows (a name is looked up only when it changes).
+    /// The name of the sender at row `i` of a sorted batch (None: the null sender).
+    fn sender(&self, b: &RecordBatch, i: usize) -> Result<Option<String>> {
+        let ids = b.column(C_SENDER).as_primitive::<UInt32Type>();
+        if ids.is_null(i) {
+            return Ok(None);
+        }
+        self.sender_names
+            .get(ids.value(i) as usize)
+            .map(|n| Some(n.clone()))
+            .ok_or_else(|| Error::Internal("merge: a sender id of no sorted run".into()))
+    }
+
+    /// The merge keys of a sorted batch's rows.
     fn keys(&self, b: &RecordBatch) -> Result<Vec<MergeKey>> {
-        let senders = b.column(C_SENDER).as_string::<i32>();
-        let files = b.column(C_FILE).as_string::<i32>();
+        let senders = b.column(C_SENDER).as_primitive::<UInt32Type>();
+        let files = b.column(C_FILE).as_primitive::<UInt32Type>();
         let ts = b.column(C_TS).as_primitive::<TimestampMicrosecondType>();
         let lines = b.column(C_LINE).as_primitive::<Int64Type>();
-        let lookup = |map: &HashMap<String, u32, _>, name: &str| {
-            map.get(name).copied().ok_or_else(|| {
-                Error::Internal(format!("merge: {name:?} was not in any sorted run"))
-            })
-        };
+        let unknown = || Error::Internal("merge: a name id of no sorted run".into());
         let mut keys = Vec::with_capacity(b.num_rows());
-        let (mut last_sender, mut sender_rank) = (None::<&str>, 0u32);
-        let (mut last_file, mut file_rank) = (None::<&str>, 0u32);
         for i in 0..b.num_rows() {
-            let sender = (!senders.is_null(i)).then(|| senders.value(i));
-            if i == 0 || sender != last_sender {
-                sender_rank = match sender {
-                    None => 0,
-                    Some(s) => lookup(&self.senders, s)?,
-                };
-                last_sender = sender;
-            }
-            let file = files.value(i);
-            if last_file != Some(file) {
-                file_rank = lookup(&self.files, file)?;
-                last_file = Some(file);
-            }
+            let sender = match senders.is_null(i) {
+                true => 0,
+                false => *self
+                    .senders
+                    .get(senders.value(i) as usize)
+                    .ok_or_else(unknown)?,
+            };
+            let file = *self
+                .files
+                .get(files.value(i) as usize)
+                .ok_or_else(unknown)?;
             keys.push((
-                sender_rank,
+                sender,
                 (!ts.is_null(i)).then(|| ts.value(i)),
-                file_rank,
+                file,
                 lines.value(i),
             ));
         }
@@ -435,8 +504,8 @@ impl Ranks {
 }
 
 /// Reads the staged records, leaves out the rows set in `dropped` (a bitmap by staged row), and
-/// cuts them into sorted runs of at most `run_bytes` each (or one staged batch, if larger); also
-/// gives every sender and file name met.
+/// cuts them into sorted runs of at most `run_bytes` each (or one staged batch, if larger), in
+/// `run_schema`; also gives the ids of every sender and file met.
 ///
 /// This thread reads and cuts the runs and hands them in turn to `sorters` threads, which sort
 /// and spill them: in memory are the run being read and, per sorter, a run with its sorted copy
@@ -447,7 +516,7 @@ fn make_runs(
     sizes: RunSizes,
     sorters: usize,
     spill_dir: &Path,
-) -> Result<(Vec<Run>, Names)> {
+) -> Result<(Vec<Run>, Interned)> {
     let RunSizes {
         run_bytes,
         chunk_rows,
@@ -481,18 +550,20 @@ fn make_runs(
     let failed = std::sync::atomic::AtomicBool::new(false);
     let failed = &failed;
     let stopped = || Error::Internal("a run sorter stopped".into());
+    let interned = std::sync::Mutex::new(Interned::default());
+    let interned = &interned;
     std::thread::scope(|scope| {
         let (mut queues, mut handles) = (Vec::new(), Vec::new());
         for sorter in 0..sorters.max(1) {
             // (run number, its batches, whether it is the last, the sender ranges)
             let (tx, rx) = std::sync::mpsc::sync_channel::<RunJob>(0);
             queues.push(tx);
-            handles.push(scope.spawn(move || -> Result<(Vec<(usize, Run)>, Names)> {
-                let (mut runs, mut names) = (Vec::new(), Names::default());
+            handles.push(scope.spawn(move || -> Result<Vec<(usize, Run)>> {
+                let mut runs = Vec::new();
                 let mut spill = None;
                 for (n, batches, last, bounds) in rx {
                     let run = if n == 0 && last {
-                        sort_run(batches, &mut names, MERGE_BATCH_ROWS, &bounds).map(
+                        sort_run(batches, interned, MERGE_BATCH_ROWS, &bounds).map(
                             |(sorted, starts, rows)| Run {
                                 blocks: Blocks::Memory(sorted),
                                 starts,
@@ -503,7 +574,7 @@ fn make_runs(
                         continue;
                     } else {
                         let to = (spill_dir, sorter);
-                        spill_run(batches, &mut names, &mut spill, to, chunk_rows, &bounds)
+                        spill_run(batches, interned, &mut spill, to, chunk_rows, &bounds)
                     };
                     match run {
                         Ok(run) => runs.push((n, run)),
@@ -513,7 +584,7 @@ fn make_runs(
                         }
                     }
                 }
-                Ok((runs, names))
+                Ok(runs)
             }));
         }
         // The sender names where ranges begin, chosen from the first run (a stretch of the day
@@ -554,14 +625,10 @@ fn make_runs(
             send(n, cur, true)
         })();
         drop(queues);
-        let (mut runs, mut names, mut failed) = (Vec::new(), Names::default(), None);
+        let (mut runs, mut failed) = (Vec::new(), None);
         for h in handles {
             match h.join() {
-                Ok(Ok((r, nm))) => {
-                    runs.extend(r);
-                    names.senders.extend(nm.senders);
-                    names.files.extend(nm.files);
-                }
+                Ok(Ok(r)) => runs.extend(r),
                 Ok(Err(e)) => failed = failed.or(Some(e)),
                 Err(_) => failed = failed.or(Some(Error::Internal("a run sorter panicked".into()))),
             }
@@ -588,6 +655,11 @@ fn make_runs(
                 run_bytes >> 20
             ),
         }
+        let names = std::mem::take(
+            &mut *interned
+                .lock()
+                .map_err(|_| Error::Internal("a run sorter panicked".into()))?,
+        );
         Ok((runs.into_iter().map(|(_, r)| r).collect(), names))
     })
 }
@@ -622,13 +694,13 @@ type RunJob = (usize, Vec<RecordBatch>, bool, Arc<Vec<String>>);
 /// `spill-K.arrow`) as an IPC file of its own, one block per batch.
 fn spill_run(
     batches: Vec<RecordBatch>,
-    names: &mut Names,
+    interned: &std::sync::Mutex<Interned>,
     spill: &mut Option<SpillFile>,
     (dir, sorter): (&Path, usize),
     chunk_rows: usize,
     bounds: &[String],
 ) -> Result<Run> {
-    let (sorted, starts, rows) = sort_run(batches, names, chunk_rows, bounds)?;
+    let (sorted, starts, rows) = sort_run(batches, interned, chunk_rows, bounds)?;
     if spill.is_none() {
         fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
         let path = dir.join(format!("spill-{sorter}.arrow"));
@@ -650,8 +722,7 @@ fn spill_run(
         Error::io("cannot write", path, std::io::Error::other(e.to_string()))
     };
     // Appended at `end`: this thread alone writes this file, and nobody reads it yet.
-    let mut w =
-        FileWriter::try_new(BufWriter::new(&*spill.file), &staged_schema()).map_err(io_err)?;
+    let mut w = FileWriter::try_new(BufWriter::new(&*spill.file), &run_schema()).map_err(io_err)?;
     for b in sorted {
         w.write(&b).map_err(io_err)?;
     }
@@ -682,7 +753,7 @@ fn range_bounds(batches: &[RecordBatch], parts: usize) -> Vec<String> {
         .iter()
         .map(|b| b.column(C_SENDER).as_ref())
         .collect();
-    let (ranks, names) = string_ranks(&senders, &mut BTreeSet::new());
+    let (ranks, names) = string_ranks(&senders);
     let mut rank_rows = vec![0u64; names.len() + 1];
     for &r in ranks.iter().flatten() {
         rank_rows[r as usize] += 1;
@@ -775,10 +846,7 @@ fn cmp_rows(a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
 /// Ranks of a string column's values over a run's batches (0 for null, then 1.. in byte order),
 /// so that rows compare by integers instead of by strings, one vector per batch; and the distinct
 /// values in byte order (rank `r` is value `r - 1`).
-fn string_ranks<'a>(
-    cols: &[&'a dyn Array],
-    names_out: &mut BTreeSet<String>,
-) -> (Vec<Vec<u32>>, Vec<&'a str>) {
+fn string_ranks<'a>(cols: &[&'a dyn Array]) -> (Vec<Vec<u32>>, Vec<&'a str>) {
     let cols: Vec<_> = cols.iter().map(|c| c.as_string::<i32>()).collect();
     // Each distinct value gets an id when first met: one lookup per row, none for a row equal
     // to the row before (as a file's rows are); ids become ranks through an array once the
@@ -811,10 +879,6 @@ fn string_ranks<'a>(
     let mut rank = vec![0u32; names.len() + 1];
     for (r, &id) in by_name.iter().enumerate() {
         rank[id as usize] = r as u32 + 1;
-        let name = names[id as usize - 1];
-        if !names_out.contains(name) {
-            names_out.insert(name.to_string());
-        }
     }
     for id in out.iter_mut().flatten() {
         *id = rank[*id as usize];
@@ -833,6 +897,10 @@ struct RunOrder<'a> {
     rank_rows: Vec<usize>,
     /// The senders in rank order (rank `r` is `sender_names[r - 1]`; rank 0 is null).
     sender_names: Vec<&'a str>,
+    /// The rank of every row's source file, one vector per batch.
+    files: Vec<Vec<u32>>,
+    /// The source files in rank order (rank `r` is `file_names[r - 1]`).
+    file_names: Vec<&'a str>,
 }
 
 impl RunOrder<'_> {
@@ -849,11 +917,11 @@ impl RunOrder<'_> {
 
 /// The row order of a run's batches by (sender, ts, source_file, source_line), nulls first,
 /// ties in row order: the order of [`cmp_rows`], computed on integer keys.
-fn sorted_order<'a>(batches: &'a [RecordBatch], names: &mut Names) -> RunOrder<'a> {
+fn sorted_order(batches: &[RecordBatch]) -> RunOrder<'_> {
     let column =
         |c: usize| -> Vec<&dyn Array> { batches.iter().map(|b| b.column(c).as_ref()).collect() };
-    let (senders, sender_names) = string_ranks(&column(C_SENDER), &mut names.senders);
-    let (files, _) = string_ranks(&column(C_FILE), &mut names.files);
+    let (senders, sender_names) = string_ranks(&column(C_SENDER));
+    let (files, file_names) = string_ranks(&column(C_FILE));
     // The rows are first placed by sender (a counting sort: sender ranks run from 0 to the
     // number of distinct senders), then each sender's rows are sorted by (ts, file, line, row
     // order): a sort of the whole run on (sender, ...) did the same with more comparisons and
@@ -904,7 +972,47 @@ fn sorted_order<'a>(batches: &'a [RecordBatch], names: &mut Names) -> RunOrder<'
         senders,
         rank_rows,
         sender_names,
+        files,
+        file_names,
     }
+}
+
+/// A run's batches with `run_schema`: the sender and the source file of every row as its id in
+/// `interned`.
+fn with_ids(
+    batches: &[RecordBatch],
+    run: &RunOrder<'_>,
+    interned: &std::sync::Mutex<Interned>,
+) -> Result<Vec<RecordBatch>> {
+    let (sender_ids, file_ids) = interned
+        .lock()
+        .map_err(|_| Error::Internal("a run sorter panicked".into()))?
+        .ids(&run.sender_names, &run.file_names)?;
+    // Rank `r` is id `ids[r - 1]`; rank 0 (a null sender) keeps its null.
+    let ids = |ranks: &[u32], ids: &[u32]| -> Vec<u32> {
+        ranks
+            .iter()
+            .map(|&r| r.checked_sub(1).map_or(0, |r| ids[r as usize]))
+            .collect()
+    };
+    let schema = run_schema();
+    batches
+        .iter()
+        .enumerate()
+        .map(|(bi, b)| {
+            let mut cols = b.columns().to_vec();
+            cols[C_SENDER] = Arc::new(arrow_array::UInt32Array::new(
+                ids(&run.senders[bi], &sender_ids).into(),
+                b.column(C_SENDER).nulls().cloned(),
+            ));
+            cols[C_FILE] = Arc::new(arrow_array::UInt32Array::new(
+                ids(&run.files[bi], &file_ids).into(),
+                None,
+            ));
+            RecordBatch::try_new(schema.clone(), cols)
+                .map_err(|e| Error::Internal(format!("a run's ids: {e}")))
+        })
+        .collect()
 }
 
 /// Sorts the rows of a run into batches of at most `chunk_rows` rows, cut where each range that
@@ -913,20 +1021,22 @@ fn sorted_order<'a>(batches: &'a [RecordBatch], names: &mut Names) -> RunOrder<'
 /// copied into order.
 fn sort_run(
     batches: Vec<RecordBatch>,
-    names: &mut Names,
+    interned: &std::sync::Mutex<Interned>,
     chunk_rows: usize,
     bounds: &[String],
 ) -> Result<(Vec<RecordBatch>, Vec<usize>, Vec<u64>)> {
-    let run = sorted_order(&batches, names);
+    let run = sorted_order(&batches);
     let rows = run.range_rows(bounds);
+    let with_ids = with_ids(&batches, &run, interned)?;
     let sorted = crate::stage::reorder::reorder(
-        &staged_schema(),
-        &batches,
+        &run_schema(),
+        &with_ids,
         &run.order,
         Some(&run.senders),
         chunk_rows,
     )?;
     drop(run);
+    drop(with_ids);
     drop(batches);
     let (sorted, starts) = cut_ranges(sorted, &rows)?;
     Ok((sorted, starts, rows))
@@ -1045,6 +1155,8 @@ struct LaneFiles<'a> {
     factory: &'a ArrowRowGroupWriterFactory,
     codec: Codec,
     schema: arrow_schema::SchemaRef,
+    /// The source files' names by id.
+    file_names: &'a [String],
     synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
     /// Lanes with no range left, which encode row groups handed to them (`None`: this lane
     /// encodes all its row groups itself).
@@ -1076,7 +1188,7 @@ const MAX_PENDING_GROUPS: usize = 2;
 impl<'a> LaneFiles<'a> {
     fn new(
         dir: &'a Path,
-        (factory, codec): (&'a ArrowRowGroupWriterFactory, Codec),
+        (factory, codec, file_names): (&'a ArrowRowGroupWriterFactory, Codec, &'a [String]),
         synced: std::sync::mpsc::SyncSender<(File, PathBuf)>,
         helpers: Option<&'a Helpers>,
     ) -> LaneFiles<'a> {
@@ -1085,6 +1197,7 @@ impl<'a> LaneFiles<'a> {
             factory,
             codec,
             schema: parquet_schema(),
+            file_names,
             synced,
             helpers,
             file: None,
@@ -1115,7 +1228,7 @@ impl<'a> LaneFiles<'a> {
         while !picks.is_empty() {
             let room = ROW_GROUP_ROWS - self.group_rows;
             let (piece, rest) = picks.split_at(room.min(picks.len()));
-            let batch = gather(&self.schema, sources, piece)?;
+            let batch = gather(&self.schema, sources, piece, self.file_names)?;
             if self.group.is_none() && self.handed.is_none() {
                 // A sender that already filled a row group has more to come: its next row group
                 // goes to a helper if one is idle (handing over a file's only, partly filled,
@@ -1548,7 +1661,7 @@ fn merge_and_write(
                         let _done = LaneDone(helpers, stop);
                         let mut files = LaneFiles::new(
                             dir,
-                            (factory, codec),
+                            (factory, codec, &ranks.file_names),
                             sync_tx,
                             handoff.then_some(helpers),
                         );
@@ -1659,9 +1772,7 @@ fn merge_range(
                 out.close()?;
             }
             current = Some(top.key.0);
-            let senders = c.batch.column(C_SENDER).as_string::<i32>();
-            let sender = (!senders.is_null(c.row)).then(|| senders.value(c.row).to_string());
-            out.open(sender)?;
+            out.open(ranks.sender(&c.batch, c.row)?)?;
         }
         let slot = match sources
             .iter()
@@ -1863,6 +1974,7 @@ fn gather(
     schema: &arrow_schema::SchemaRef,
     sources: &[RecordBatch],
     picks: &[(usize, usize)],
+    file_names: &[String],
 ) -> Result<RecordBatch> {
     let staged = staged_schema();
     // A sender's rows mostly come in long stretches of one run (runs are stretches of the
@@ -1885,9 +1997,28 @@ fn gather(
             let arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(ci).as_ref()).collect();
             arrow_select::interleave::interleave(&arrays, picks)
         };
-        cols.push(col.map_err(|e| Error::Internal(format!("gathering rows: {e}")))?);
+        let col = col.map_err(|e| Error::Internal(format!("gathering rows: {e}")))?;
+        cols.push(match ci {
+            C_FILE => file_names_of(&col, file_names)?,
+            _ => col,
+        });
     }
     RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// The source files of a sorted run's rows, from their ids, as text.
+fn file_names_of(ids: &arrow_array::ArrayRef, names: &[String]) -> Result<arrow_array::ArrayRef> {
+    let ids = ids.as_primitive::<UInt32Type>();
+    let unknown = || Error::Internal("gathering rows: a file id of no sorted run".into());
+    let mut bytes = 0;
+    for &id in ids.values() {
+        bytes += names.get(id as usize).ok_or_else(unknown)?.len();
+    }
+    let mut b = arrow_array::builder::StringBuilder::with_capacity(ids.len(), bytes);
+    for &id in ids.values() {
+        b.append_value(&names[id as usize]);
+    }
+    Ok(Arc::new(b.finish()))
 }
 
 /// Picks as stretches of consecutive rows of one source: (source, first row, rows).
@@ -1974,7 +2105,7 @@ mod tests {
                 .flat_map(|(bi, b)| (0..b.num_rows()).map(move |i| (bi, i)))
                 .collect();
             expected.sort_by(|&(xb, x), &(yb, y)| cmp_rows(&batches[xb], x, &batches[yb], y));
-            prop_assert_eq!(sorted_order(&batches, &mut Names::default()).order, expected);
+            prop_assert_eq!(sorted_order(&batches).order, expected);
         }
 
         /// The merge's keys of rows in two runs compare as `cmp_rows` does.
@@ -1990,17 +2121,31 @@ mod tests {
             ),
         ) {
             let (a, b) = (batch(&a), batch(&b));
-            let mut names = Names::default();
-            sorted_order(std::slice::from_ref(&a), &mut names);
-            sorted_order(std::slice::from_ref(&b), &mut names);
-            let ranks = Ranks::new(names);
-            let (ka, kb) = (ranks.keys(&a).unwrap(), ranks.keys(&b).unwrap());
+            // Two runs, whose names get their ids in turn, as the sorters give them.
+            let interned = std::sync::Mutex::new(Interned::default());
+            let ids = |x: &RecordBatch| {
+                let x = std::slice::from_ref(x);
+                with_ids(x, &sorted_order(x), &interned).unwrap().remove(0)
+            };
+            // b's names get ids first, so that ids do not follow the order of the names.
+            let ib = ids(&b);
+            let ia = ids(&a);
+            let ranks = Ranks::new(interned.into_inner().unwrap());
+            let (ka, kb) = (ranks.keys(&ia).unwrap(), ranks.keys(&ib).unwrap());
             for (i, x) in ka.iter().enumerate() {
                 for (j, y) in kb.iter().enumerate() {
                     prop_assert_eq!(x.cmp(y), cmp_rows(&a, i, &b, j));
                 }
             }
         }
+    }
+
+    /// Staged batches in a sorted run's schema (their rows where they are), and the ranks of
+    /// their names.
+    fn as_run(batches: &[RecordBatch]) -> (Vec<RecordBatch>, Ranks) {
+        let interned = std::sync::Mutex::new(Interned::default());
+        let run = with_ids(batches, &sorted_order(batches), &interned).unwrap();
+        (run, Ranks::new(interned.into_inner().unwrap()))
     }
 
     fn senders(batch: &RecordBatch) -> Vec<Option<String>> {
@@ -2061,9 +2206,8 @@ mod tests {
         assert!(range_bounds(std::slice::from_ref(&day), 1).is_empty());
         assert!(range_bounds(&[], 8).is_empty());
         // A run's rows per range follow the same bounds, whatever the run's own senders.
-        let mut names = Names::default();
         let run = named(&[(Some("bb"), 3), (None, 2), (Some("e"), 4)]);
-        let order = sorted_order(std::slice::from_ref(&run), &mut names);
+        let order = sorted_order(std::slice::from_ref(&run));
         assert_eq!(order.range_rows(&bounds), [2, 3, 0, 4]);
     }
 
@@ -2243,7 +2387,14 @@ mod tests {
         let (_, factory) = parquet_file_writer(std::io::sink(), Codec::default()).unwrap();
         let rows: Vec<_> = (0..10).map(|i| (Some(1), Some(i), 0u8, i)).collect();
         let piece: Vec<_> = (0..rows.len()).map(|i| (0, i)).collect();
-        let gathered = gather(&parquet_schema(), &[batch(&rows)], &piece).unwrap();
+        let (sources, ranks) = as_run(&[batch(&rows)]);
+        let gathered = gather(&parquet_schema(), &sources, &piece, &ranks.file_names).unwrap();
+        // The source file, an id in the run, comes back as its name (the Parquet schema has no
+        // sender column, so it is one column earlier).
+        assert_eq!(
+            gathered.column(C_FILE - 1).as_string::<i32>(),
+            batch(&rows).column(C_FILE).as_string::<i32>()
+        );
         let file_bytes = |chunks: Vec<ArrowColumnChunk>| -> Vec<u8> {
             let (mut w, _) = parquet_file_writer(Vec::new(), Codec::default()).unwrap();
             let mut g = w.next_row_group().unwrap();
@@ -2338,7 +2489,7 @@ mod tests {
                 })
                 .collect()
         };
-        let sources = vec![batch(&rows(0)), batch(&rows(1))];
+        let (sources, ranks) = as_run(&[batch(&rows(0)), batch(&rows(1))]);
         let mut picks = Vec::with_capacity(n);
         let mut next = [0usize; 2];
         for i in 0..n {
@@ -2361,7 +2512,7 @@ mod tests {
         .unwrap();
         for p in &pieces {
             expected
-                .write(&gather(&parquet_schema(), &sources, p).unwrap())
+                .write(&gather(&parquet_schema(), &sources, p, &ranks.file_names).unwrap())
                 .unwrap();
         }
         let expected = expected.into_inner().unwrap();
@@ -2382,7 +2533,7 @@ mod tests {
                 let _done = LaneDone(&helpers, &stop);
                 let mut out = LaneFiles::new(
                     dir.path(),
-                    (&factory, Codec::default()),
+                    (&factory, Codec::default(), &ranks.file_names),
                     synced,
                     helped.then_some(&helpers),
                 );
@@ -2477,9 +2628,8 @@ mod tests {
             let arrays: Vec<arrow_array::StringArray> =
                 batches.iter().map(|b| b.iter().copied().collect()).collect();
             let cols: Vec<&dyn Array> = arrays.iter().map(|a| a as &dyn Array).collect();
-            let mut names = BTreeSet::new();
-            let (got, sorted) = string_ranks(&cols, &mut names);
-            let distinct: BTreeSet<&str> = batches.iter().flatten().flatten().copied().collect();
+            let (got, sorted) = string_ranks(&cols);
+            let distinct: std::collections::BTreeSet<&str> = batches.iter().flatten().flatten().copied().collect();
             let want: Vec<Vec<u32>> = batches
                 .iter()
                 .map(|b| {
@@ -2489,7 +2639,6 @@ mod tests {
                 })
                 .collect();
             prop_assert_eq!(got, want);
-            prop_assert!(names.iter().map(String::as_str).eq(distinct.iter().copied()));
             prop_assert!(sorted.into_iter().eq(distinct.iter().copied()));
         }
     }
@@ -2503,14 +2652,11 @@ mod tests {
         ]);
         // "s10" < "s2" in byte order.
         let c = batch(&[(Some(3), None, 1, 0)]);
-        let mut names = BTreeSet::new();
         let senders = [b.column(C_SENDER).as_ref(), c.column(C_SENDER).as_ref()];
-        let (ranks, sorted) = string_ranks(&senders, &mut names);
+        let (ranks, sorted) = string_ranks(&senders);
         assert_eq!(ranks, [vec![2, 0, 1], vec![3]]);
         assert_eq!(sorted, ["s10", "s2", "s3"]);
-        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["s10", "s2", "s3"]);
-        let mut names = BTreeSet::new();
         let files = [b.column(C_FILE).as_ref()];
-        assert_eq!(string_ranks(&files, &mut names).0, [vec![2, 1, 3]]);
+        assert_eq!(string_ranks(&files).0, [vec![2, 1, 3]]);
     }
 }
