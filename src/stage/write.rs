@@ -1,9 +1,10 @@
 //! `write`: a date's staged records to Hive-partitioned Parquet, committed atomically.
 //!
 //! Rows are ordered by (sender, ts, source_file, source_line) with an external merge sort: the
-//! staged records are cut into runs that fit the memory budget, each run is sorted (with each
-//! sender and source file as a number), runs that do not all fit are spilled to Arrow IPC files, and a k-way merge streams the rows out sender by
-//! sender into `sender_id=<escaped>/part-00000.parquet`. Every run is cut at the same sender
+//! staged records are cut into runs that fit the memory budget, each run is sorted (holding each
+//! sender and source file as a number), runs that do not all fit are spilled to Arrow IPC files,
+//! and a k-way merge streams the rows out sender by sender into
+//! `sender_id=<escaped>/part-00000.parquet`. Every run is cut at the same sender
 //! names into ranges of about equal rows (chosen from the first run), so the merge goes range by
 //! range on one lane per core, each merging, encoding and writing its ranges' files on its own;
 //! a lane with no range left encodes row groups that the lanes still merging hand it.
@@ -233,7 +234,11 @@ fn build(
     };
     // Half the budget for the runs: the one being read, and per sorter thread a run held twice
     // while it is put in order, plus about a quarter of a run of per-row bookkeeping (order,
-    // destinations, text places). The merge, which comes after, has the same half again.
+    // destinations, text places, sender and file ranks; the ids of sender and file add 8 bytes
+    // a row, and the sorted copy, which holds those ids instead of the names, is smaller than
+    // the run by more than that). The merge, which comes after, has the same half again. Spilled batches
+    // are sized by the staged bytes per row, which a sorted row no longer takes (they are
+    // smaller than they could be).
     let sorters = crate::stage::threads_within(budget, 4 << 20).min(4);
     let run_bytes = 2 * budget / (4 + 9 * sorters);
     let staged_bytes = fs::metadata(&staged)
@@ -433,7 +438,7 @@ type MergeKey = (u32, Option<i64>, u32, i64);
 
 /// Ranks of every sender and file of the date, by id, and their names.
 struct Ranks {
-    /// A sender id's rank (from 1; the null sender is 0).
+    /// A sender id's rank, from 1 (a null sender has no id, and rank 0 in the merge keys).
     senders: Vec<u32>,
     /// A file id's rank.
     files: Vec<u32>,
