@@ -334,6 +334,8 @@ mod tests {
             Field::new("s", DataType::Utf8, true),
             Field::new("n", DataType::Int64, true),
             Field::new("b", DataType::Boolean, true),
+            // As write's sorted runs hold a sender's and a source file's id.
+            Field::new("u", DataType::UInt32, true),
         ]))
     }
 
@@ -345,6 +347,7 @@ mod tests {
         let s: StringArray = rows.iter().map(|r| r.1.clone()).collect();
         let n: PrimitiveArray<Int64Type> = rows.iter().map(|r| r.2).collect();
         let b: arrow_array::BooleanArray = rows.iter().map(|r| r.3).collect();
+        let u: arrow_array::UInt32Array = rows.iter().map(|r| r.2.map(|v| v as u32)).collect();
         RecordBatch::try_new(
             schema(),
             vec![
@@ -352,6 +355,7 @@ mod tests {
                 Arc::new(s),
                 Arc::new(n),
                 Arc::new(b),
+                Arc::new(u),
             ],
         )
         .unwrap()
