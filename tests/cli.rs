@@ -1086,9 +1086,6 @@ fn extract_and_write(dir: &Path, inp: &Path, out: &Path, budget: &str) -> (Strin
 
 #[test]
 fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in/room");
-    fs::create_dir_all(&input).unwrap();
     // About 14 MB staged: more than the runs a 16 MiB budget allows (under 3 MiB, sorted by one
     // thread per core), so write must spill, and the merge must keep the runs in order.
     let mut s = String::new();
@@ -1100,18 +1097,17 @@ fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
             1_729_800_000 - i
         ));
     }
-    fs::write(input.join("chat_2024-10-24.log"), s).unwrap();
+    let (dir, inp, _) = fixture(s.as_bytes(), "chat_2024-10-24.log");
     // A JSON array on one line whose elements share sender, time, file and line: their order is
     // the staged order, in memory or across spilled runs.
     let tied: Vec<String> = (0..3_000)
         .map(|i| format!(r#"{{"user": "tied", "message": "m{i}", "time": 1729800000}}"#))
         .collect();
     fs::write(
-        input.join("array_2024-10-24.json"),
+        inp.join("room/array_2024-10-24.json"),
         format!("[{}]", tied.join(", ")),
     )
     .unwrap();
-    let inp = dir.path().join("in");
     let mut manifests = Vec::new();
     // 16 MiB: one lane merges every run whole; 64 MiB: runs cut into sender ranges merged on
     // one lane per core; 4 GiB: one run in memory, cut into ranges.
@@ -1137,9 +1133,6 @@ fn write_spills_beyond_the_memory_budget_and_gives_the_same_bytes() {
 /// lane with no range left encodes in part; the files are those of one lane writing alone.
 #[test]
 fn a_day_of_one_busy_sender_gives_the_bytes_of_one_lane() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in/room");
-    fs::create_dir_all(&input).unwrap();
     let mut s = String::new();
     for i in 0..300_000u64 {
         let user = if i % 20 == 0 {
@@ -1152,8 +1145,7 @@ fn a_day_of_one_busy_sender_gives_the_bytes_of_one_lane() {
             1_729_800_000 + i / 10
         ));
     }
-    fs::write(input.join("chat_2024-10-24.log"), s).unwrap();
-    let inp = dir.path().join("in");
+    let (dir, inp, _) = fixture(s.as_bytes(), "chat_2024-10-24.log");
     let mut manifests = Vec::new();
     // 16 MiB: one lane; 512 MiB: one lane per core, and those with no range left help.
     for (root, budget) in [("one-lane", "16"), ("lanes", "512")] {

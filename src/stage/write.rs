@@ -236,9 +236,9 @@ fn build(
     // while it is put in order, plus about a quarter of a run of per-row bookkeeping (order,
     // destinations, text places, sender and file ranks; the ids of sender and file add 8 bytes
     // a row, and the sorted copy, which holds those ids instead of the names, is smaller than
-    // the run by more than that). The merge, which comes after, has the same half again. Spilled batches
-    // are sized by the staged bytes per row, which a sorted row no longer takes (they are
-    // smaller than they could be).
+    // the run by more than that). The merge, which comes after, has the same half again.
+    // Spilled batches are sized by the staged bytes per row, which a sorted row no longer takes
+    // (they are smaller than they could be).
     let sorters = crate::stage::threads_within(budget, 4 << 20).min(4);
     let run_bytes = 2 * budget / (4 + 9 * sorters);
     let staged_bytes = fs::metadata(&staged)
