@@ -722,8 +722,8 @@ fn write_is_deterministic_and_manifest_matches() {
 
 /// `write` reads the staged records without arrow's validation and checks them itself: staged
 /// text damaged after extract (a byte that is never UTF-8, or a lone continuation byte in place
-/// of a Hangul syllable's first byte), or a staged file cut short or with a damaged footer, is a
-/// data error, and the committed date stays as it was.
+/// of a Hangul syllable's first byte), names of its ids damaged, or a staged file cut short or
+/// with a damaged footer, is a data error, and the committed date stays as it was.
 #[test]
 fn damaged_staged_text_is_a_data_error_and_keeps_the_previous_date() {
     let line = |i: usize| format!("{{'user': 'u{}', 'message': 'mark{i:04} 가나'}}\n", i % 3);
@@ -771,6 +771,23 @@ fn damaged_staged_text_is_a_data_error_and_keeps_the_previous_date() {
             &damaged,
             "unreadable staged records: column message: not UTF-8",
         );
+    }
+    // The names behind the staged ids (JSON in the footer) damaged, the footer's length the
+    // same: a sender id whose name is gone, a sender named by two ids.
+    let names = at(br#""senders":["u0","u1","u2"]"#);
+    for (names_now, says) in [
+        (
+            &br#""senders":[null,"u1","u2"]"#[..],
+            "sender id 0 names no sender",
+        ),
+        (
+            &br#""senders":["u0","u0","u2"]"#[..],
+            "a sender with two ids",
+        ),
+    ] {
+        let mut damaged = pristine.clone();
+        damaged[names..names + names_now.len()].copy_from_slice(names_now);
+        fails(&damaged, &format!("unreadable staged records: {says}"));
     }
     // Cut short (the footer gone), or its footer's length damaged (the length, four bytes
     // before the closing magic, made negative).

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
+use arrow_array::types::{Int64Type, UInt32Type};
 use polars::prelude::*;
 use serde_json::Value;
 
@@ -231,6 +231,9 @@ fn staged_rows(path: &Path, date: &str) -> Vec<Row> {
             .is_some_and(|byte| byte & (1 << (row % 8)) != 0)
     };
     let r = arrow_ipc::reader::FileReader::try_new(fs::File::open(path).unwrap(), None).unwrap();
+    // The staged records hold ids of senders and source files; their names are in the footer.
+    let names: Value = serde_json::from_str(&r.custom_metadata()["chatetl.names"]).unwrap();
+    let name = |list: &str, id: u32| names[list][id as usize].as_str().unwrap().to_string();
     let mut rows = Vec::new();
     let mut row = 0usize;
     for b in r {
@@ -238,12 +241,12 @@ fn staged_rows(path: &Path, date: &str) -> Vec<Row> {
         let s = b
             .column_by_name("sender_id")
             .unwrap()
-            .as_string::<i32>()
+            .as_primitive::<UInt32Type>()
             .clone();
         let f = b
             .column_by_name("source_file")
             .unwrap()
-            .as_string::<i32>()
+            .as_primitive::<UInt32Type>()
             .clone();
         let l = b
             .column_by_name("source_line")
@@ -262,8 +265,8 @@ fn staged_rows(path: &Path, date: &str) -> Vec<Row> {
             }
             rows.push((
                 date.to_string(),
-                (!s.is_null(i)).then(|| s.value(i).to_string()),
-                f.value(i).to_string(),
+                (!s.is_null(i)).then(|| name("senders", s.value(i))),
+                name("files", f.value(i)),
                 l.value(i),
                 m.value(i).to_string(),
             ));

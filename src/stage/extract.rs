@@ -16,9 +16,12 @@ use std::fs::{self, File};
 use std::hash::Hash;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt32Type;
+use arrow_array::{Array, RecordBatch, UInt32Array};
 use arrow_ipc::writer::FileWriter;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -34,7 +37,7 @@ use crate::lock::DateLock;
 use crate::record::clean::{clean_bytes, escape_raw};
 use crate::record::literal::{self, Drops, Entries, FlatScratch, Limits, Value, ValueRef};
 use crate::record::normalize::{Normalizer, Origin};
-use crate::record::schema::{BatchBuilder, staged_schema};
+use crate::record::schema::{BatchBuilder, STAGED_NAMES_KEY, StagedNames, staged_schema};
 use crate::record::{Kind, Record, RecordRef};
 use crate::stage::Outcome;
 use crate::stage::dedupe::{DedupeIndex, Key};
@@ -341,6 +344,8 @@ pub fn extract_kafka(
                     size: 0,
                     gzip: false,
                 };
+                sink.file_no = u32::try_from(parts.len())
+                    .map_err(|_| Error::Data("more than 2^32 partitions in one day".into()))?;
                 parts.push((
                     FileStats {
                         file: f.rel.clone(),
@@ -570,7 +575,8 @@ impl Sink {
         let sender = self.sender_index(&r.sender_id)?;
         let r = r.as_ref();
         self.stage_row(stats, &row_meta(&r, sender))?;
-        self.builder.push_ref(&r);
+        let staged_sender = r.sender_id.is_some().then_some(sender);
+        self.builder.push_ref(&r, staged_sender, self.file_no);
         if self.builder.len() >= BATCH_ROWS || self.builder.bytes() >= self.budget_bytes {
             self.flush()?;
         }
@@ -628,8 +634,9 @@ impl Sink {
             }
         }
         for batch in &parsed.batches {
+            let batch = with_date_senders(batch, &senders)?;
             self.writer
-                .write(batch)
+                .write(&batch)
                 .map_err(|e| arrow_err("cannot write", &self.staged_path, e))?;
         }
         Ok(())
@@ -645,6 +652,36 @@ impl Sink {
             .map_err(|e| arrow_err("cannot write", &self.staged_path, e))
     }
 }
+
+/// A parsed chunk's batch with each sender's id for the date (`ids[i]` for the chunk's id `i`),
+/// where the parser gave the chunk's senders ids of its own.
+fn with_date_senders(batch: &RecordBatch, ids: &[u32]) -> Result<RecordBatch> {
+    let chunk_ids = batch.column(C_SENDER).as_primitive::<UInt32Type>();
+    let mut unknown = false;
+    let date_ids: Vec<u32> = chunk_ids
+        .iter()
+        .map(|id| match id.map(|i| ids.get(i as usize)) {
+            Some(Some(&id)) => id,
+            Some(None) => {
+                unknown = true;
+                0
+            }
+            None => 0,
+        })
+        .collect();
+    if unknown {
+        return Err(Error::Internal("a parsed row's sender has no id".into()));
+    }
+    let mut cols = batch.columns().to_vec();
+    cols[C_SENDER] = Arc::new(UInt32Array::new(
+        date_ids.into(),
+        chunk_ids.nulls().cloned(),
+    ));
+    RecordBatch::try_new(batch.schema(), cols).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// The staged schema's sender column.
+const C_SENDER: usize = 1;
 
 fn arrow_err(what: &'static str, path: &Path, e: arrow_schema::ArrowError) -> Error {
     match e {
@@ -721,9 +758,27 @@ fn extract_into(
     let mut stats_all = fill(&mut sink)?;
     // Staged rows leave memory before the duplicate index is merged.
     sink.flush()?;
+    // The names behind the staged ids, in the file's footer: a sender's id is its index in
+    // `sender_rows`, a source file's the index of its statistics.
+    let mut names = StagedNames {
+        senders: vec![None; sink.sender_rows.len()],
+        files: stats_all.iter().map(|s| s.file.clone()).collect(),
+    };
+    for (name, &i) in &sink.senders {
+        names.senders[i as usize] = name.clone();
+    }
+    let names = serde_json::to_string(&names).map_err(|e| Error::Internal(e.to_string()))?;
+    // The footer is a flatbuffer, which cannot pass 2 GiB.
+    if names.len() > 1 << 30 {
+        return Err(Error::Data(format!(
+            "{date}: the names of the senders and files take {} MiB, more than a staged file holds",
+            names.len() >> 20
+        )));
+    }
+    let mut writer = sink.writer;
+    writer.write_metadata(STAGED_NAMES_KEY, names);
     // The staged file is complete: it is finished and synced to disk while the duplicates are
     // resolved (the sync was half a second of waiting at 1 GB).
-    let writer = sink.writer;
     let index = std::mem::replace(&mut sink.dedupe_index, DedupeIndex::new(PathBuf::new(), 0));
     let (rows, files, senders) = (sink.rows, stats_all.len(), sink.sender_rows.len());
     let (res, staged) = std::thread::scope(|scope| {
@@ -1156,6 +1211,7 @@ fn lines_mode<R: BufRead>(
     let normalizer = sink.normalizer.clone();
     let limits = sink.limits;
     let budget_bytes = sink.budget_bytes;
+    let file_no = sink.file_no;
     let (normalizer, limits) = (&normalizer, &limits);
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<ParseJob>(in_flight);
     let job_rx = std::sync::Mutex::new(job_rx);
@@ -1176,7 +1232,7 @@ fn lines_mode<R: BufRead>(
                 loop {
                     let job = job_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok((chunk, done))) = job else { return };
-                    let outs = parser.parse(&chunk, f);
+                    let outs = parser.parse(&chunk, f, file_no);
                     // The reader stopped early (an error) when nobody waits for the result.
                     let _ = done.send((chunk, outs));
                 }
@@ -1299,7 +1355,7 @@ struct LineParser<'n> {
 
 impl LineParser<'_> {
     /// Classifies and parses a chunk's lines, in line order, staging the records into a batch.
-    fn parse(&mut self, chunk: &Chunk, f: &InputFile) -> Parsed {
+    fn parse(&mut self, chunk: &Chunk, f: &InputFile, file_no: u32) -> Parsed {
         self.sender_ids.clear();
         let mut senders: Vec<Option<String>> = Vec::new();
         let mut null_sender = None;
@@ -1334,7 +1390,8 @@ impl LineParser<'_> {
                     },
                 };
                 rows.push(row_meta(&r, sender));
-                builder.push_ref(&r);
+                let staged_sender = r.sender_id.is_some().then_some(sender);
+                builder.push_ref(&r, staged_sender, file_no);
             };
             outs.push(classify_line(
                 self.normalizer,

@@ -1,14 +1,16 @@
 //! `write`: a date's staged records to Hive-partitioned Parquet, committed atomically.
 //!
 //! Rows are ordered by (sender, ts, source_file, source_line) with an external merge sort: the
-//! staged records are cut into runs that fit the memory budget, each run is sorted (holding each
-//! sender and source file as a number), runs that do not all fit are spilled to Arrow IPC files,
-//! and a k-way merge streams the rows out sender by sender into
-//! `sender_id=<escaped>/part-00000.parquet`. Every run is cut at the same sender
-//! names into ranges of about equal rows (chosen from the first run), so the merge goes range by
+//! staged records (which hold each sender and source file as an id, their names in the staged
+//! file's footer) are cut into runs that fit the memory budget, each run is sorted by the ranks
+//! of those names, runs that do not all fit are spilled to Arrow IPC files, and a k-way merge
+//! streams the rows out sender by sender into `sender_id=<escaped>/part-00000.parquet`, the
+//! source file's name in place of its id. Every run is cut at the same sender ranks into ranges
+//! of about equal rows (chosen from the first run), so the merge goes range by
 //! range on one lane per core, each merging, encoding and writing its ranges' files on its own;
 //! a lane with no range left encodes row groups that the lanes still merging hand it.
-//! Memory stays bounded by the budget whatever the number of senders or rows.
+//! Memory stays bounded by the budget whatever the number of rows; beyond it are only the day's
+//! names with a few bytes of rank per name.
 //!
 //! The whole date is built in a temporary directory under the output root; every file is
 //! fsynced, `_SUCCESS` is written last, and one atomic exchange puts the directory at
@@ -16,7 +18,7 @@
 //! Output is deterministic: same staged input, same tool version, byte-identical files.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -43,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::layout::{Layout, fsync_path, sender_dir_name, swap_into_place};
 use crate::lock::DateLock;
-use crate::record::schema::{parquet_schema, staged_schema};
+use crate::record::schema::{STAGED_NAMES_KEY, StagedNames, parquet_schema, staged_schema};
 use crate::stage::Outcome;
 use crate::stage::extract::{self, ExtractSummary, STAGED_RECORDS};
 use crate::stage::ipc::IpcBlocks;
@@ -233,14 +235,12 @@ fn build(
         None => None,
     };
     // Half the budget for the runs: the one being read, and per sorter thread a run held twice
-    // while it is put in order, plus about a quarter of a run of per-row bookkeeping (order,
-    // destinations, text places, sender and file ranks; the ids of sender and file add 8 bytes
-    // a row, and the sorted copy, which holds those ids instead of the names, is smaller than
-    // the run by more than that). The merge, which comes after, has the same half again.
-    // Spilled batches are sized by the staged bytes per row, which a sorted row no longer takes
-    // (they are smaller than they could be).
+    // while it is put in order (the run and its sorted copy), plus about half a run of per-row
+    // bookkeeping (sort keys, 40 bytes a row, whose buffer then holds the order; sender places,
+    // destinations and text places, 16 more), where the benchmark's staged rows take 103 bytes.
+    // The merge, which comes after, has the same half again.
     let sorters = crate::stage::threads_within(budget, 4 << 20).min(4);
-    let run_bytes = 2 * budget / (4 + 9 * sorters);
+    let run_bytes = budget / (2 + 5 * sorters);
     let staged_bytes = fs::metadata(&staged)
         .map_err(|e| Error::io("cannot read", &staged, e))?
         .len();
@@ -251,7 +251,7 @@ fn build(
         run_bytes,
         budget / lanes,
     );
-    let (runs, names) = make_runs(
+    let (runs, ranks) = make_runs(
         &staged,
         dropped.as_deref(),
         RunSizes {
@@ -266,12 +266,13 @@ fn build(
         sorters,
         &spill_dir,
     )?;
-    let ranks = Ranks::new(names);
     let progress = crate::progress::rows(summary.totals.staged, "write");
     // A lane with no range left encodes row groups for the lanes still merging when a gathered
     // row group, held until it is encoded (at most one per helper), fits in the share of the
-    // budget that the idle lane's merge no longer uses.
-    let row_bytes = staged_bytes / summary.totals.records.max(1);
+    // budget that the idle lane's merge no longer uses. A gathered row holds its source file's
+    // name where the staged row holds an id.
+    let longest_file = ranks.file_names.iter().map(String::len).max().unwrap_or(0) as u64;
+    let row_bytes = staged_bytes / summary.totals.records.max(1) + longest_file;
     let handoff = ROW_GROUP_ROWS as u64 * row_bytes <= (budget / (2 * lanes)) as u64;
     let mut files = merge_and_write(
         runs,
@@ -369,99 +370,103 @@ struct SpillFile {
     end: u64,
 }
 
-/// Ids of the senders and source files met in the runs (the null sender aside), shared by the
-/// sorters: a sorted run holds a sender's and a source file's id (`run_schema`) where the staged
-/// records hold its name, so that putting a run in order, spilling it and reading it back move
-/// four bytes a row for each instead of the name and its offset (the file name alone was a fifth
-/// of the staged bytes).
-#[derive(Default)]
-struct Interned {
-    senders: HashMap<String, u32, foldhash::fast::RandomState>,
-    sender_names: Vec<String>,
-    files: HashMap<String, u32, foldhash::fast::RandomState>,
-    file_names: Vec<String>,
-}
-
-impl Interned {
-    fn id(
-        map: &mut HashMap<String, u32, foldhash::fast::RandomState>,
-        names: &mut Vec<String>,
-        name: &str,
-    ) -> Result<u32> {
-        if let Some(&id) = map.get(name) {
-            return Ok(id);
-        }
-        let id = u32::try_from(names.len())
-            .map_err(|_| Error::Internal("more than 2^32 names in one day".into()))?;
-        map.insert(name.to_string(), id);
-        names.push(name.to_string());
-        Ok(id)
-    }
-
-    /// The ids of a run's senders and files, given in rank order.
-    fn ids(&mut self, senders: &[&str], files: &[&str]) -> Result<(Vec<u32>, Vec<u32>)> {
-        let s = senders
-            .iter()
-            .map(|n| Self::id(&mut self.senders, &mut self.sender_names, n))
-            .collect::<Result<_>>()?;
-        let f = files
-            .iter()
-            .map(|n| Self::id(&mut self.files, &mut self.file_names, n))
-            .collect::<Result<_>>()?;
-        Ok((s, f))
-    }
-}
-
-/// The schema of sorted runs: the staged schema with the sender and the source file as ids
-/// into [`Interned`]'s names.
-fn run_schema() -> arrow_schema::SchemaRef {
-    static SCHEMA: std::sync::OnceLock<arrow_schema::SchemaRef> = std::sync::OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            let staged = staged_schema();
-            let mut fields: Vec<arrow_schema::Field> =
-                staged.fields().iter().map(|f| f.as_ref().clone()).collect();
-            fields[C_SENDER] = fields[C_SENDER]
-                .clone()
-                .with_data_type(arrow_schema::DataType::UInt32);
-            fields[C_FILE] = fields[C_FILE]
-                .clone()
-                .with_data_type(arrow_schema::DataType::UInt32);
-            Arc::new(arrow_schema::Schema::new(fields))
-        })
-        .clone()
-}
-
 /// The merge's order as integers: (sender rank, ts, file rank, line). Ranks follow the byte
 /// order of the names, the null sender first, so this is the order of `cmp_rows`.
 type MergeKey = (u32, Option<i64>, u32, i64);
 
-/// Ranks of every sender and file of the date, by id, and their names.
+/// Ranks of every sender and file of the date by name, by id, and their names. The staged
+/// records hold a sender's and a source file's id (into the [`StagedNames`] of their footer)
+/// where the Parquet files hold the name: putting a run in order, spilling it and reading it
+/// back move four bytes a row for each, and rows compare by integers.
 struct Ranks {
-    /// A sender id's rank, from 1 (a null sender has no id, and rank 0 in the merge keys).
+    /// A sender id's rank, from 1 (0 for the null sender's slot: a null sender has no id, and
+    /// rank 0 in the merge keys).
     senders: Vec<u32>,
-    /// A file id's rank.
+    /// The highest sender rank.
+    max_sender: u32,
+    /// A file id's rank, from 1; files of one name share it.
     files: Vec<u32>,
-    sender_names: Vec<String>,
+    sender_names: Vec<Option<String>>,
     file_names: Vec<String>,
 }
 
+/// Ranks of names in byte order, from 1, equal names sharing one; 0 for `None`.
+fn dense_ranks(names: &[Option<&str>]) -> Vec<u32> {
+    let mut by_name: Vec<usize> = (0..names.len()).filter(|&i| names[i].is_some()).collect();
+    by_name.sort_unstable_by_key(|&i| names[i]);
+    let (mut rank, mut r, mut prev) = (vec![0u32; names.len()], 0u32, None);
+    for i in by_name {
+        if names[i] != prev {
+            (r, prev) = (r + 1, names[i]);
+        }
+        rank[i] = r;
+    }
+    rank
+}
+
 impl Ranks {
-    fn new(names: Interned) -> Ranks {
-        let rank = |names: &[String]| {
-            let mut by_name: Vec<usize> = (0..names.len()).collect();
-            by_name.sort_unstable_by(|&a, &b| names[a].cmp(&names[b]));
-            let mut rank = vec![0u32; names.len()];
-            for (r, id) in by_name.into_iter().enumerate() {
-                rank[id] = r as u32 + 1;
-            }
-            rank
-        };
-        Ranks {
-            senders: rank(&names.sender_names),
-            files: rank(&names.file_names),
-            sender_names: names.sender_names,
-            file_names: names.file_names,
+    /// The ranks of the names of a staged file; an error when two ids name one sender (they
+    /// would write one partition twice) or a sender has a name `extract` stages as null (its
+    /// partition would be the null sender's).
+    fn new(names: StagedNames) -> std::result::Result<Ranks, String> {
+        let null_named = |s: &&String| s.is_empty() || s.as_str() == crate::layout::HIVE_NULL;
+        if let Some(name) = names.senders.iter().flatten().find(null_named) {
+            return Err(format!("a sender named {name:?}, which is staged as null"));
+        }
+        let senders: Vec<Option<&str>> = names.senders.iter().map(|s| s.as_deref()).collect();
+        let senders = dense_ranks(&senders);
+        let max_sender = senders.iter().copied().max().unwrap_or(0);
+        let named = names.senders.iter().flatten().count();
+        if max_sender as usize != named {
+            return Err("a sender with two ids".into());
+        }
+        let files: Vec<Option<&str>> = names.files.iter().map(|f| Some(f.as_str())).collect();
+        Ok(Ranks {
+            senders,
+            max_sender,
+            files: dense_ranks(&files),
+            sender_names: names.senders,
+            file_names: names.files,
+        })
+    }
+
+    /// Checks that every sender and file id of a staged batch has a name (a sender id the null
+    /// sender's slot has none). `sender_ranks` and `sorted_order` rely on it.
+    fn check(&self, b: &RecordBatch) -> std::result::Result<(), String> {
+        let senders = b.column(C_SENDER).as_primitive::<UInt32Type>();
+        if let Some(id) = senders
+            .iter()
+            .flatten()
+            .find(|&id| self.senders.get(id as usize).is_none_or(|&r| r == 0))
+        {
+            return Err(format!("sender id {id} names no sender"));
+        }
+        let files = b.column(C_FILE).as_primitive::<UInt32Type>();
+        if let Some(id) = files
+            .values()
+            .iter()
+            .find(|&&id| id as usize >= self.files.len())
+        {
+            return Err(format!("source file id {id} names no file"));
+        }
+        Ok(())
+    }
+
+    /// The sender rank of every row of a checked batch.
+    fn sender_ranks(&self, b: &RecordBatch) -> Vec<u32> {
+        let ids = b.column(C_SENDER).as_primitive::<UInt32Type>();
+        match ids.nulls() {
+            None => ids
+                .values()
+                .iter()
+                .map(|&id| self.senders[id as usize])
+                .collect(),
+            Some(nulls) => ids
+                .values()
+                .iter()
+                .zip(nulls.iter())
+                .map(|(&id, valid)| if valid { self.senders[id as usize] } else { 0 })
+                .collect(),
         }
     }
 
@@ -471,10 +476,10 @@ impl Ranks {
         if ids.is_null(i) {
             return Ok(None);
         }
-        self.sender_names
-            .get(ids.value(i) as usize)
-            .map(|n| Some(n.clone()))
-            .ok_or_else(|| Error::Internal("merge: a sender id of no sorted run".into()))
+        match self.sender_names.get(ids.value(i) as usize) {
+            Some(Some(name)) => Ok(Some(name.clone())),
+            _ => Err(Error::Internal("merge: a sender id with no name".into())),
+        }
     }
 
     /// The merge keys of a sorted batch's rows.
@@ -483,7 +488,7 @@ impl Ranks {
         let files = b.column(C_FILE).as_primitive::<UInt32Type>();
         let ts = b.column(C_TS).as_primitive::<TimestampMicrosecondType>();
         let lines = b.column(C_LINE).as_primitive::<Int64Type>();
-        let unknown = || Error::Internal("merge: a name id of no sorted run".into());
+        let unknown = || Error::Internal("merge: a name id with no rank".into());
         let mut keys = Vec::with_capacity(b.num_rows());
         for i in 0..b.num_rows() {
             let sender = match senders.is_null(i) {
@@ -509,8 +514,8 @@ impl Ranks {
 }
 
 /// Reads the staged records, leaves out the rows set in `dropped` (a bitmap by staged row), and
-/// cuts them into sorted runs of at most `run_bytes` each (or one staged batch, if larger), in
-/// `run_schema`; also gives the ids of every sender and file met.
+/// cuts them into sorted runs of at most `run_bytes` each (or one staged batch, if larger); also
+/// gives the ranks of the names behind the staged ids.
 ///
 /// This thread reads and cuts the runs and hands them in turn to `sorters` threads, which sort
 /// and spill them: in memory are the run being read and, per sorter, a run with its sorted copy
@@ -521,7 +526,7 @@ fn make_runs(
     sizes: RunSizes,
     sorters: usize,
     spill_dir: &Path,
-) -> Result<(Vec<Run>, Interned)> {
+) -> Result<(Vec<Run>, Ranks)> {
     let RunSizes {
         run_bytes,
         chunk_rows,
@@ -551,24 +556,31 @@ fn make_runs(
             staged.display()
         )));
     }
+    let names: StagedNames = reader
+        .metadata()
+        .get(STAGED_NAMES_KEY)
+        .ok_or_else(|| unreadable(&"no names for the ids of senders and files"))
+        .and_then(|text| serde_json::from_str(text).map_err(|e| unreadable(&e)))?;
+    let owned_ranks = Ranks::new(names).map_err(|e| unreadable(&e))?;
+    let ranks = &owned_ranks;
     // Set by a sorter that failed, so that reading stops before that sorter's turn comes round.
     let failed = std::sync::atomic::AtomicBool::new(false);
     let failed = &failed;
     let stopped = || Error::Internal("a run sorter stopped".into());
-    let interned = std::sync::Mutex::new(Interned::default());
-    let interned = &interned;
     std::thread::scope(|scope| {
         let (mut queues, mut handles) = (Vec::new(), Vec::new());
         for sorter in 0..sorters.max(1) {
-            // (run number, its batches, whether it is the last, the sender ranges)
+            // (run number, its batches, whether it is the last, the ranks where ranges begin)
             let (tx, rx) = std::sync::mpsc::sync_channel::<RunJob>(0);
             queues.push(tx);
             handles.push(scope.spawn(move || -> Result<Vec<(usize, Run)>> {
                 let mut runs = Vec::new();
                 let mut spill = None;
+                let mut scratch = Vec::new();
                 for (n, batches, last, bounds) in rx {
                     let run = if n == 0 && last {
-                        sort_run(batches, interned, MERGE_BATCH_ROWS, &bounds).map(
+                        let ranks = (ranks, &mut scratch);
+                        sort_run(batches, ranks, MERGE_BATCH_ROWS, &bounds).map(
                             |(sorted, starts, rows)| Run {
                                 blocks: Blocks::Memory(sorted),
                                 starts,
@@ -579,7 +591,8 @@ fn make_runs(
                         continue;
                     } else {
                         let to = (spill_dir, sorter);
-                        spill_run(batches, interned, &mut spill, to, chunk_rows, &bounds)
+                        let ranks = (ranks, &mut scratch);
+                        spill_run(batches, ranks, &mut spill, to, chunk_rows, &bounds)
                     };
                     match run {
                         Ok(run) => runs.push((n, run)),
@@ -592,12 +605,12 @@ fn make_runs(
                 Ok(runs)
             }));
         }
-        // The sender names where ranges begin, chosen from the first run (a stretch of the day
+        // The sender ranks where ranges begin, chosen from the first run (a stretch of the day
         // whose senders stand for the day's) and the same for every run.
-        let mut bounds: Option<Arc<Vec<String>>> = None;
+        let mut bounds: Option<Arc<Vec<u32>>> = None;
         let mut send = |n: usize, batches: Vec<RecordBatch>, last: bool| {
             let bounds = bounds
-                .get_or_insert_with(|| Arc::new(range_bounds(&batches, parts)))
+                .get_or_insert_with(|| Arc::new(range_bounds(&batches, parts, ranks)))
                 .clone();
             queues[n % queues.len()]
                 .send((n, batches, last, bounds))
@@ -612,6 +625,7 @@ fn make_runs(
                 }
                 let batch = batch.map_err(|e| unreadable(&e))?;
                 crate::record::check::check_batch(&batch).map_err(|e| unreadable(&e))?;
+                ranks.check(&batch).map_err(|e| unreadable(&e))?;
                 let rows = batch.num_rows() as u64;
                 let batch = match dropped {
                     Some(bits) => without_dropped(batch, bits, first_row)?,
@@ -660,13 +674,9 @@ fn make_runs(
                 run_bytes >> 20
             ),
         }
-        let names = std::mem::take(
-            &mut *interned
-                .lock()
-                .map_err(|_| Error::Internal("a run sorter panicked".into()))?,
-        );
-        Ok((runs.into_iter().map(|(_, r)| r).collect(), names))
+        Ok(runs.into_iter().map(|(_, r)| r).collect())
     })
+    .map(|runs| (runs, owned_ranks))
 }
 
 /// The rows of `batch` (staged rows `first_row..`) whose bits are not set in `dropped`.
@@ -692,20 +702,20 @@ fn batch_bytes(batch: &RecordBatch) -> usize {
 }
 
 /// What a sorter thread is handed: the run's number, its batches, whether it is the last run,
-/// and the sender names where ranges begin.
-type RunJob = (usize, Vec<RecordBatch>, bool, Arc<Vec<String>>);
+/// and the sender ranks where ranges begin.
+type RunJob = (usize, Vec<RecordBatch>, bool, Arc<Vec<u32>>);
 
 /// Sorts a run, then appends it to this sorter's spill file (created at the first run, as
 /// `spill-K.arrow`) as an IPC file of its own, one block per batch.
 fn spill_run(
     batches: Vec<RecordBatch>,
-    interned: &std::sync::Mutex<Interned>,
+    ranks: (&Ranks, &mut Vec<u32>),
     spill: &mut Option<SpillFile>,
     (dir, sorter): (&Path, usize),
     chunk_rows: usize,
-    bounds: &[String],
+    bounds: &[u32],
 ) -> Result<Run> {
-    let (sorted, starts, rows) = sort_run(batches, interned, chunk_rows, bounds)?;
+    let (sorted, starts, rows) = sort_run(batches, ranks, chunk_rows, bounds)?;
     if spill.is_none() {
         fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
         let path = dir.join(format!("spill-{sorter}.arrow"));
@@ -727,7 +737,8 @@ fn spill_run(
         Error::io("cannot write", path, std::io::Error::other(e.to_string()))
     };
     // Appended at `end`: this thread alone writes this file, and nobody reads it yet.
-    let mut w = FileWriter::try_new(BufWriter::new(&*spill.file), &run_schema()).map_err(io_err)?;
+    let mut w =
+        FileWriter::try_new(BufWriter::new(&*spill.file), &staged_schema()).map_err(io_err)?;
     for b in sorted {
         w.write(&b).map_err(io_err)?;
     }
@@ -749,36 +760,36 @@ fn spill_run(
     })
 }
 
-/// The sender names where about `parts` ranges of equal rows begin, from the rows of `batches`:
-/// range 0 holds the null sender and the names before the first bound, range `i` the names from
+/// The sender ranks where about `parts` ranges of equal rows begin, from the rows of `batches`:
+/// range 0 holds the null sender and the ranks before the first bound, range `i` the ranks from
 /// bound `i - 1` on. A sender is never split, so a busy one makes its range larger and there may
 /// be fewer ranges.
-fn range_bounds(batches: &[RecordBatch], parts: usize) -> Vec<String> {
-    let senders: Vec<&dyn Array> = batches
-        .iter()
-        .map(|b| b.column(C_SENDER).as_ref())
-        .collect();
-    let (ranks, names) = string_ranks(&senders);
-    let mut rank_rows = vec![0u64; names.len() + 1];
-    for &r in ranks.iter().flatten() {
-        rank_rows[r as usize] += 1;
+fn range_bounds(batches: &[RecordBatch], parts: usize, ranks: &Ranks) -> Vec<u32> {
+    let mut rank_rows = vec![0u64; ranks.max_sender as usize + 1];
+    for b in batches {
+        for r in ranks.sender_ranks(b) {
+            rank_rows[r as usize] += 1;
+        }
     }
     let total: u64 = rank_rows.iter().sum();
     let parts = parts.max(1) as u64;
     let (mut bounds, mut before) = (Vec::new(), rank_rows[0]);
-    for (name, &rows) in names.into_iter().zip(&rank_rows[1..]) {
-        // A range begins at the first name with at least its share of the rows before it.
+    for (rank, &rows) in rank_rows.iter().enumerate().skip(1) {
+        if rows == 0 {
+            continue;
+        }
+        // A range begins at the first sender with at least its share of the rows before it.
         if before * parts >= total * (bounds.len() as u64 + 1) {
-            bounds.push(name.to_string());
+            bounds.push(rank as u32);
         }
         before += rows;
     }
     bounds
 }
 
-/// The range of a sender (None: the null sender) among the ranges that begin at `bounds`.
-fn range_of(bounds: &[String], sender: Option<&str>) -> usize {
-    sender.map_or(0, |s| bounds.partition_point(|b| b.as_str() <= s))
+/// The range of a sender rank (0: the null sender) among the ranges that begin at `bounds`.
+fn range_of(bounds: &[u32], rank: u32) -> usize {
+    bounds.partition_point(|&b| b <= rank)
 }
 
 /// Sorted batches cut where each range begins (`rows` per range, in order): the batches, and the
@@ -820,15 +831,20 @@ const C_SENDER: usize = 1;
 const C_FILE: usize = 7;
 const C_LINE: usize = 8;
 
-/// Compares two rows by (sender, ts, source_file, source_line); nulls first. The reference
-/// order that `sorted_order` and the merge's integer keys are tested against.
+/// Compares two rows by (sender, ts, source_file, source_line) by name; nulls first. The
+/// reference order that `sorted_order` and the merge's integer keys are tested against.
 #[cfg(test)]
-fn cmp_rows(a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
-    let sa = a.column(C_SENDER).as_string::<i32>();
-    let sb = b.column(C_SENDER).as_string::<i32>();
-    let a_s = (!sa.is_null(i)).then(|| sa.value(i));
-    let b_s = (!sb.is_null(j)).then(|| sb.value(j));
-    a_s.cmp(&b_s)
+fn cmp_rows(names: &StagedNames, a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
+    let sender = |x: &RecordBatch, i: usize| {
+        let ids = x.column(C_SENDER).as_primitive::<UInt32Type>();
+        (!ids.is_null(i)).then(|| names.senders[ids.value(i) as usize].as_deref().unwrap())
+    };
+    let file = |x: &RecordBatch, i: usize| {
+        let ids = x.column(C_FILE).as_primitive::<UInt32Type>();
+        names.files[ids.value(i) as usize].as_str()
+    };
+    sender(a, i)
+        .cmp(&sender(b, j))
         .then_with(|| {
             let ta = a.column(C_TS).as_primitive::<TimestampMicrosecondType>();
             let tb = b.column(C_TS).as_primitive::<TimestampMicrosecondType>();
@@ -836,11 +852,7 @@ fn cmp_rows(a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
             let b_t = (!tb.is_null(j)).then(|| tb.value(j));
             a_t.cmp(&b_t)
         })
-        .then_with(|| {
-            let fa = a.column(C_FILE).as_string::<i32>();
-            let fb = b.column(C_FILE).as_string::<i32>();
-            fa.value(i).cmp(fb.value(j))
-        })
+        .then_with(|| file(a, i).cmp(file(b, j)))
         .then_with(|| {
             let la = a.column(C_LINE).as_primitive::<Int64Type>();
             let lb = b.column(C_LINE).as_primitive::<Int64Type>();
@@ -848,101 +860,70 @@ fn cmp_rows(a: &RecordBatch, i: usize, b: &RecordBatch, j: usize) -> Ordering {
         })
 }
 
-/// Ranks of a string column's values over a run's batches (0 for null, then 1.. in byte order),
-/// so that rows compare by integers instead of by strings, one vector per batch; and the distinct
-/// values in byte order (rank `r` is value `r - 1`).
-fn string_ranks<'a>(cols: &[&'a dyn Array]) -> (Vec<Vec<u32>>, Vec<&'a str>) {
-    let cols: Vec<_> = cols.iter().map(|c| c.as_string::<i32>()).collect();
-    // Each distinct value gets an id when first met: one lookup per row, none for a row equal
-    // to the row before (as a file's rows are); ids become ranks through an array once the
-    // names are sorted. (Two lookups per row were a twentieth of write, in string comparisons.)
-    let mut ids: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
-    let mut names: Vec<&str> = Vec::new();
-    let mut out: Vec<Vec<u32>> = Vec::with_capacity(cols.len());
-    for strings in &cols {
-        let mut batch = Vec::with_capacity(strings.len());
-        let mut last: Option<(&str, u32)> = None;
-        for v in strings.iter() {
-            let id = match (v, last) {
-                (None, _) => 0,
-                (Some(s), Some((l, id))) if l == s => id,
-                (Some(s), _) => {
-                    let id = *ids.entry(s).or_insert_with(|| {
-                        names.push(s);
-                        names.len() as u32
-                    });
-                    last = Some((s, id));
-                    id
-                }
-            };
-            batch.push(id);
-        }
-        out.push(batch);
-    }
-    let mut by_name: Vec<u32> = (1..=names.len() as u32).collect();
-    by_name.sort_unstable_by_key(|&id| names[id as usize - 1]);
-    let mut rank = vec![0u32; names.len() + 1];
-    for (r, &id) in by_name.iter().enumerate() {
-        rank[id as usize] = r as u32 + 1;
-    }
-    for id in out.iter_mut().flatten() {
-        *id = rank[*id as usize];
-    }
-    let sorted = by_name.iter().map(|&id| names[id as usize - 1]).collect();
-    (out, sorted)
-}
-
 /// A run's order, from [`sorted_order`].
-struct RunOrder<'a> {
+struct RunOrder {
     /// The rows in order, as (batch, row) pairs.
     order: Vec<(usize, usize)>,
-    /// The rank of every row's sender, one vector per batch.
+    /// The place of every row's sender among the run's senders in rank order (0 for the first),
+    /// one vector per batch.
     senders: Vec<Vec<u32>>,
-    /// The rows of every sender rank.
-    rank_rows: Vec<usize>,
-    /// The senders in rank order (rank `r` is `sender_names[r - 1]`; rank 0 is null).
-    sender_names: Vec<&'a str>,
-    /// The rank of every row's source file, one vector per batch.
-    files: Vec<Vec<u32>>,
-    /// The source files in rank order (rank `r` is `file_names[r - 1]`).
-    file_names: Vec<&'a str>,
+    /// The rows of every such place.
+    place_rows: Vec<usize>,
+    /// The day's sender rank at every place.
+    place_ranks: Vec<u32>,
 }
 
-impl RunOrder<'_> {
+impl RunOrder {
     /// The rows of every range that begins at `bounds`.
-    fn range_rows(&self, bounds: &[String]) -> Vec<u64> {
+    fn range_rows(&self, bounds: &[u32]) -> Vec<u64> {
         let mut rows = vec![0u64; bounds.len() + 1];
-        for (rank, &n) in self.rank_rows.iter().enumerate() {
-            let name = rank.checked_sub(1).map(|i| self.sender_names[i]);
-            rows[range_of(bounds, name)] += n as u64;
+        for (&rank, &n) in self.place_ranks.iter().zip(&self.place_rows) {
+            rows[range_of(bounds, rank)] += n as u64;
         }
         rows
     }
 }
 
-/// The row order of a run's batches by (sender, ts, source_file, source_line), nulls first,
-/// ties in row order: the order of [`cmp_rows`], computed on integer keys.
-fn sorted_order(batches: &[RecordBatch]) -> RunOrder<'_> {
-    let column =
-        |c: usize| -> Vec<&dyn Array> { batches.iter().map(|b| b.column(c).as_ref()).collect() };
-    let (senders, sender_names) = string_ranks(&column(C_SENDER));
-    let (files, file_names) = string_ranks(&column(C_FILE));
-    // The rows are first placed by sender (a counting sort: sender ranks run from 0 to the
-    // number of distinct senders), then each sender's rows are sorted by (ts, file, line, row
-    // order): a sort of the whole run on (sender, ...) did the same with more comparisons and
-    // longer keys.
-    let distinct = senders
-        .iter()
-        .flatten()
-        .max()
-        .map_or(0, |&r| r as usize + 1);
+/// The row order of a run's (checked) batches by (sender, ts, source_file, source_line) by
+/// name, nulls first, ties in row order: the order of [`cmp_rows`], computed on integer keys.
+/// `scratch` (kept by a sorter from run to run, and left as it was found) maps the day's sender
+/// ranks to the run's: 4 bytes per sender of the day, once per sorter, where everything else
+/// grows with the run's own senders.
+fn sorted_order(batches: &[RecordBatch], ranks: &Ranks, scratch: &mut Vec<u32>) -> RunOrder {
+    const ABSENT: u32 = u32::MAX;
+    let mut senders: Vec<Vec<u32>> = batches.iter().map(|b| ranks.sender_ranks(b)).collect();
+    let day = ranks.max_sender as usize + 1;
+    if scratch.len() < day {
+        scratch.resize(day, ABSENT);
+    }
+    // The run's senders in rank order, then each row's sender by its place among them.
+    let mut place_ranks = Vec::new();
+    for &r in senders.iter().flatten() {
+        if scratch[r as usize] == ABSENT {
+            scratch[r as usize] = 0;
+            place_ranks.push(r);
+        }
+    }
+    place_ranks.sort_unstable();
+    for (place, &r) in place_ranks.iter().enumerate() {
+        scratch[r as usize] = place as u32;
+    }
+    for r in senders.iter_mut().flatten() {
+        *r = scratch[*r as usize];
+    }
+    for &r in &place_ranks {
+        scratch[r as usize] = ABSENT;
+    }
+    // The rows are first placed by sender (a counting sort over the run's senders), then each
+    // sender's rows are sorted by (ts, file, line, row order): a sort of the whole run on
+    // (sender, ...) did the same with more comparisons and longer keys.
     // First the place where each sender's rows start, then (moved on as rows are placed) where
     // they end.
-    let mut place = vec![0usize; distinct];
-    for &r in senders.iter().flatten() {
-        place[r as usize] += 1;
+    let mut place = vec![0usize; place_ranks.len()];
+    for &p in senders.iter().flatten() {
+        place[p as usize] += 1;
     }
-    let rank_rows = place.clone();
+    let place_rows = place.clone();
     let mut rows = 0;
     for p in place.iter_mut() {
         (*p, rows) = (rows, rows + *p);
@@ -950,12 +931,13 @@ fn sorted_order(batches: &[RecordBatch]) -> RunOrder<'_> {
     let mut keys: Vec<(Option<i64>, u32, i64, u32, u32)> = vec![(None, 0, 0, 0, 0); rows];
     for (bi, b) in batches.iter().enumerate() {
         let ts = b.column(C_TS).as_primitive::<TimestampMicrosecondType>();
+        let files = b.column(C_FILE).as_primitive::<UInt32Type>().values();
         let lines = b.column(C_LINE).as_primitive::<Int64Type>();
         for (i, &sender) in senders[bi].iter().enumerate() {
             let at = &mut place[sender as usize];
             keys[*at] = (
                 (!ts.is_null(i)).then(|| ts.value(i)),
-                files[bi][i],
+                ranks.files[files[i] as usize],
                 lines.value(i),
                 bi as u32,
                 i as u32,
@@ -975,49 +957,9 @@ fn sorted_order(batches: &[RecordBatch]) -> RunOrder<'_> {
     RunOrder {
         order,
         senders,
-        rank_rows,
-        sender_names,
-        files,
-        file_names,
+        place_rows,
+        place_ranks,
     }
-}
-
-/// A run's batches with `run_schema`: the sender and the source file of every row as its id in
-/// `interned`.
-fn with_ids(
-    batches: &[RecordBatch],
-    run: &RunOrder<'_>,
-    interned: &std::sync::Mutex<Interned>,
-) -> Result<Vec<RecordBatch>> {
-    let (sender_ids, file_ids) = interned
-        .lock()
-        .map_err(|_| Error::Internal("a run sorter panicked".into()))?
-        .ids(&run.sender_names, &run.file_names)?;
-    // Rank `r` is id `ids[r - 1]`; rank 0 (a null sender) keeps its null.
-    let ids = |ranks: &[u32], ids: &[u32]| -> Vec<u32> {
-        ranks
-            .iter()
-            .map(|&r| r.checked_sub(1).map_or(0, |r| ids[r as usize]))
-            .collect()
-    };
-    let schema = run_schema();
-    batches
-        .iter()
-        .enumerate()
-        .map(|(bi, b)| {
-            let mut cols = b.columns().to_vec();
-            cols[C_SENDER] = Arc::new(arrow_array::UInt32Array::new(
-                ids(&run.senders[bi], &sender_ids).into(),
-                b.column(C_SENDER).nulls().cloned(),
-            ));
-            cols[C_FILE] = Arc::new(arrow_array::UInt32Array::new(
-                ids(&run.files[bi], &file_ids).into(),
-                None,
-            ));
-            RecordBatch::try_new(schema.clone(), cols)
-                .map_err(|e| Error::Internal(format!("a run's ids: {e}")))
-        })
-        .collect()
 }
 
 /// Sorts the rows of a run into batches of at most `chunk_rows` rows, cut where each range that
@@ -1026,22 +968,20 @@ fn with_ids(
 /// copied into order.
 fn sort_run(
     batches: Vec<RecordBatch>,
-    interned: &std::sync::Mutex<Interned>,
+    (ranks, scratch): (&Ranks, &mut Vec<u32>),
     chunk_rows: usize,
-    bounds: &[String],
+    bounds: &[u32],
 ) -> Result<(Vec<RecordBatch>, Vec<usize>, Vec<u64>)> {
-    let run = sorted_order(&batches);
+    let run = sorted_order(&batches, ranks, scratch);
     let rows = run.range_rows(bounds);
-    let with_ids = with_ids(&batches, &run, interned)?;
     let sorted = crate::stage::reorder::reorder(
-        &run_schema(),
-        &with_ids,
+        &staged_schema(),
+        &batches,
         &run.order,
         Some(&run.senders),
         chunk_rows,
     )?;
     drop(run);
-    drop(with_ids);
     drop(batches);
     let (sorted, starts) = cut_ranges(sorted, &rows)?;
     Ok((sorted, starts, rows))
@@ -2014,7 +1954,7 @@ fn gather(
 /// The source files of a sorted run's rows, from their ids, as text.
 fn file_names_of(ids: &arrow_array::ArrayRef, names: &[String]) -> Result<arrow_array::ArrayRef> {
     let ids = ids.as_primitive::<UInt32Type>();
-    let unknown = || Error::Internal("gathering rows: a file id of no sorted run".into());
+    let unknown = || Error::Internal("gathering rows: a file id with no name".into());
     let mut bytes = 0;
     for &id in ids.values() {
         bytes += names.get(id as usize).ok_or_else(unknown)?.len();
@@ -2073,21 +2013,44 @@ mod tests {
     use crate::record::{Kind, Record};
     use proptest::prelude::*;
 
+    /// The names of the tests' staged ids: senders `s0`..`s255` (id k for `sk`, so ids do not
+    /// follow the names' order: "s10" < "s2"), then a few more; files `f0`..`f255`.
+    fn test_names() -> StagedNames {
+        let mut names = StagedNames::default();
+        for k in 0..=255 {
+            names.sender(Some(&format!("s{k}")));
+            names.file(&format!("f{k}"));
+        }
+        for extra in ["a", "b", "bb", "big", "c", "d", "e", "zz"] {
+            names.sender(Some(extra));
+        }
+        names
+    }
+
+    fn test_ranks() -> Ranks {
+        Ranks::new(test_names()).unwrap()
+    }
+
     fn batch(rows: &[(Option<u8>, Option<i64>, u8, i64)]) -> RecordBatch {
         let mut b = BatchBuilder::new();
+        let mut names = test_names();
         for &(sender, ts, file, line) in rows {
-            b.push(&Record {
-                ts,
-                sender_id: sender.map(|s| format!("s{s}")),
-                message: format!("m{line}"),
-                room: "r".into(),
-                kafka_offset: None,
-                kind: Kind::Message,
-                extra: None,
-                source_file: format!("f{file}"),
-                source_line: line as u64,
-            });
+            b.push(
+                &Record {
+                    ts,
+                    sender_id: sender.map(|s| format!("s{s}")),
+                    message: format!("m{line}"),
+                    room: "r".into(),
+                    kafka_offset: None,
+                    kind: Kind::Message,
+                    extra: None,
+                    source_file: format!("f{file}"),
+                    source_line: line as u64,
+                },
+                &mut names,
+            );
         }
+        assert_eq!(names, test_names(), "a name the tests' table does not hold");
         b.finish()
     }
 
@@ -2109,8 +2072,11 @@ mod tests {
                 .enumerate()
                 .flat_map(|(bi, b)| (0..b.num_rows()).map(move |i| (bi, i)))
                 .collect();
-            expected.sort_by(|&(xb, x), &(yb, y)| cmp_rows(&batches[xb], x, &batches[yb], y));
-            prop_assert_eq!(sorted_order(&batches).order, expected);
+            let names = test_names();
+            expected.sort_by(|&(xb, x), &(yb, y)| cmp_rows(&names, &batches[xb], x, &batches[yb], y));
+            let mut scratch = Vec::new();
+            prop_assert_eq!(sorted_order(&batches, &test_ranks(), &mut scratch).order, expected);
+            prop_assert!(scratch.iter().all(|&p| p == u32::MAX), "scratch left changed");
         }
 
         /// The merge's keys of rows in two runs compare as `cmp_rows` does.
@@ -2126,55 +2092,46 @@ mod tests {
             ),
         ) {
             let (a, b) = (batch(&a), batch(&b));
-            // Two runs, whose names get their ids in turn, as the sorters give them.
-            let interned = std::sync::Mutex::new(Interned::default());
-            let ids = |x: &RecordBatch| {
-                let x = std::slice::from_ref(x);
-                with_ids(x, &sorted_order(x), &interned).unwrap().remove(0)
-            };
-            // b's names get ids first, so that ids do not follow the order of the names.
-            let ib = ids(&b);
-            let ia = ids(&a);
-            let ranks = Ranks::new(interned.into_inner().unwrap());
-            let (ka, kb) = (ranks.keys(&ia).unwrap(), ranks.keys(&ib).unwrap());
+            let (names, ranks) = (test_names(), test_ranks());
+            let (ka, kb) = (ranks.keys(&a).unwrap(), ranks.keys(&b).unwrap());
             for (i, x) in ka.iter().enumerate() {
                 for (j, y) in kb.iter().enumerate() {
-                    prop_assert_eq!(x.cmp(y), cmp_rows(&a, i, &b, j));
+                    prop_assert_eq!(x.cmp(y), cmp_rows(&names, &a, i, &b, j));
                 }
             }
         }
     }
 
-    /// Staged batches in a sorted run's schema (their rows where they are), and the ranks of
-    /// their names.
-    fn as_run(batches: &[RecordBatch]) -> (Vec<RecordBatch>, Ranks) {
-        let interned = std::sync::Mutex::new(Interned::default());
-        let run = with_ids(batches, &sorted_order(batches), &interned).unwrap();
-        (run, Ranks::new(interned.into_inner().unwrap()))
+    fn senders(batch: &RecordBatch) -> Vec<Option<u32>> {
+        batch
+            .column(C_SENDER)
+            .as_primitive::<UInt32Type>()
+            .iter()
+            .collect()
     }
 
-    fn senders(batch: &RecordBatch) -> Vec<Option<String>> {
-        let col = batch.column(C_SENDER).as_string::<i32>();
-        col.iter().map(|v| v.map(str::to_string)).collect()
-    }
-
-    fn named(names: &[(Option<&str>, usize)]) -> RecordBatch {
+    fn named(senders: &[(Option<&str>, usize)]) -> RecordBatch {
         let mut b = BatchBuilder::new();
-        for &(name, n) in names {
+        let mut names = test_names();
+        for &(name, n) in senders {
             for i in 0..n {
-                b.push(&Record {
-                    ts: Some(i as i64),
-                    sender_id: name.map(str::to_string),
-                    message: "m".into(),
-                    room: "r".into(),
-                    kafka_offset: None,
-                    kind: Kind::Message,
-                    extra: None,
-                    source_file: "f".into(),
-                    source_line: i as u64,
-                });
+                b.push(
+                    &Record {
+                        ts: Some(i as i64),
+                        sender_id: name.map(str::to_string),
+                        message: "m".into(),
+                        room: "r".into(),
+                        kafka_offset: None,
+                        kind: Kind::Message,
+                        extra: None,
+                        source_file: "f0".into(),
+                        source_line: i as u64,
+                    },
+                    &mut names,
+                );
             }
         }
+        assert_eq!(names, test_names(), "a name the tests' table does not hold");
         b.finish()
     }
 
@@ -2188,13 +2145,20 @@ mod tests {
             (Some("b"), 30),
         ]);
         // 100 rows in quarters: ranges begin at b (40 rows before it), c (70) and d (90).
-        let bounds = range_bounds(std::slice::from_ref(&day), 4);
-        assert_eq!(bounds, ["b", "c", "d"]);
-        let of = |s: Option<&str>| range_of(&bounds, s);
+        let (names, ranks) = (test_names(), test_ranks());
+        let rank = |s: Option<&str>| match s {
+            None => 0,
+            Some(s) => {
+                let id = names.senders.iter().position(|n| n.as_deref() == Some(s));
+                ranks.senders[id.unwrap()]
+            }
+        };
+        let bounds = range_bounds(std::slice::from_ref(&day), 4, &ranks);
+        assert_eq!(bounds, [Some("b"), Some("c"), Some("d")].map(rank));
+        let of = |s: Option<&str>| range_of(&bounds, rank(s));
         assert_eq!(
             [
                 None,
-                Some(""),
                 Some("a"),
                 Some("b"),
                 Some("bb"),
@@ -2203,16 +2167,17 @@ mod tests {
                 Some("zz")
             ]
             .map(of),
-            [0, 0, 0, 1, 1, 2, 3, 3]
+            [0, 0, 1, 1, 2, 3, 3]
         );
         // A sender with most of the rows takes several shares; one range is the whole day.
         let busy = named(&[(Some("a"), 90), (Some("b"), 10)]);
-        assert_eq!(range_bounds(std::slice::from_ref(&busy), 4), ["b"]);
-        assert!(range_bounds(std::slice::from_ref(&day), 1).is_empty());
-        assert!(range_bounds(&[], 8).is_empty());
+        let busy_bounds = range_bounds(std::slice::from_ref(&busy), 4, &ranks);
+        assert_eq!(busy_bounds, [rank(Some("b"))]);
+        assert!(range_bounds(std::slice::from_ref(&day), 1, &ranks).is_empty());
+        assert!(range_bounds(&[], 8, &ranks).is_empty());
         // A run's rows per range follow the same bounds, whatever the run's own senders.
         let run = named(&[(Some("bb"), 3), (None, 2), (Some("e"), 4)]);
-        let order = sorted_order(std::slice::from_ref(&run));
+        let order = sorted_order(std::slice::from_ref(&run), &ranks, &mut Vec::new());
         assert_eq!(order.range_rows(&bounds), [2, 3, 0, 4]);
     }
 
@@ -2251,6 +2216,10 @@ mod tests {
         for b in batches {
             w.write(b).unwrap();
         }
+        w.write_metadata(
+            STAGED_NAMES_KEY,
+            serde_json::to_string(&test_names()).unwrap(),
+        );
         w.finish().unwrap();
         let sizes = RunSizes {
             run_bytes,
@@ -2258,7 +2227,7 @@ mod tests {
             parts,
         };
         let spill = dir.path().join(".spill");
-        let (runs, names) = make_runs(&staged, None, sizes, 2, &spill).unwrap();
+        let (runs, ranks) = make_runs(&staged, None, sizes, 2, &spill).unwrap();
         let count = runs.len();
         // However many runs, one spill file per sorter.
         let spill_files = fs::read_dir(&spill).map_or(0, |d| d.count());
@@ -2266,14 +2235,8 @@ mod tests {
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
         let bar = indicatif::ProgressBar::hidden();
-        let mut files = merge_and_write(
-            runs,
-            &Ranks::new(names),
-            &out,
-            (lanes, Codec::default(), true),
-            &bar,
-        )
-        .unwrap();
+        let mut files =
+            merge_and_write(runs, &ranks, &out, (lanes, Codec::default(), true), &bar).unwrap();
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let files = files
             .into_iter()
@@ -2332,6 +2295,7 @@ mod tests {
         let n = ROW_GROUP_ROWS + 9_000;
         let mut batches = Vec::new();
         let mut b = BatchBuilder::new();
+        let mut names = test_names();
         for i in 0..n {
             let sender = match i % 50 {
                 0 => None,
@@ -2339,17 +2303,20 @@ mod tests {
                 2 => Some("c".to_string()),
                 _ => Some("big".to_string()),
             };
-            b.push(&Record {
-                ts: Some((i % 700) as i64),
-                sender_id: sender,
-                message: format!("m{i}"),
-                room: "r".into(),
-                kafka_offset: Some(i as i64),
-                kind: Kind::Message,
-                extra: None,
-                source_file: "f".into(),
-                source_line: (i % 300) as u64,
-            });
+            b.push(
+                &Record {
+                    ts: Some((i % 700) as i64),
+                    sender_id: sender,
+                    message: format!("m{i}"),
+                    room: "r".into(),
+                    kafka_offset: Some(i as i64),
+                    kind: Kind::Message,
+                    extra: None,
+                    source_file: "f0".into(),
+                    source_line: (i % 300) as u64,
+                },
+                &mut names,
+            );
             if b.len() == 4096 {
                 batches.push(b.finish());
             }
@@ -2392,13 +2359,17 @@ mod tests {
         let (_, factory) = parquet_file_writer(std::io::sink(), Codec::default()).unwrap();
         let rows: Vec<_> = (0..10).map(|i| (Some(1), Some(i), 0u8, i)).collect();
         let piece: Vec<_> = (0..rows.len()).map(|i| (0, i)).collect();
-        let (sources, ranks) = as_run(&[batch(&rows)]);
+        let (sources, ranks) = ([batch(&rows)], test_ranks());
         let gathered = gather(&parquet_schema(), &sources, &piece, &ranks.file_names).unwrap();
         // The source file, an id in the run, comes back as its name (the Parquet schema has no
         // sender column, so it is one column earlier).
-        assert_eq!(
-            gathered.column(C_FILE - 1).as_string::<i32>(),
-            batch(&rows).column(C_FILE).as_string::<i32>()
+        let files: Vec<String> = rows.iter().map(|r| format!("f{}", r.2)).collect();
+        assert!(
+            gathered
+                .column(C_FILE - 1)
+                .as_string::<i32>()
+                .iter()
+                .eq(files.iter().map(|f| Some(f.as_str())))
         );
         let file_bytes = |chunks: Vec<ArrowColumnChunk>| -> Vec<u8> {
             let (mut w, _) = parquet_file_writer(Vec::new(), Codec::default()).unwrap();
@@ -2494,7 +2465,7 @@ mod tests {
                 })
                 .collect()
         };
-        let (sources, ranks) = as_run(&[batch(&rows(0)), batch(&rows(1))]);
+        let (sources, ranks) = ([batch(&rows(0)), batch(&rows(1))], test_ranks());
         let mut picks = Vec::with_capacity(n);
         let mut next = [0usize; 2];
         for i in 0..n {
@@ -2621,47 +2592,135 @@ mod tests {
     }
 
     proptest! {
-        /// Ranks are the places of the values among the distinct values in byte order (0 for
-        /// null), with runs of one value, across batches.
+        /// Dense ranks are the places of the names among the distinct names in byte order (0
+        /// for None), equal names sharing one.
         #[test]
-        fn string_ranks_are_places_in_byte_order(batches in proptest::collection::vec(
-            proptest::collection::vec(proptest::option::of(
+        fn dense_ranks_are_places_in_byte_order(names in proptest::collection::vec(
+            proptest::option::of(
                 proptest::sample::select(vec!["", "a", "ab", "b", "사용자", "user001", "user002"])
-            ), 0..30),
-            0..4,
+            ),
+            0..30,
         )) {
-            let arrays: Vec<arrow_array::StringArray> =
-                batches.iter().map(|b| b.iter().copied().collect()).collect();
-            let cols: Vec<&dyn Array> = arrays.iter().map(|a| a as &dyn Array).collect();
-            let (got, sorted) = string_ranks(&cols);
-            let distinct: std::collections::BTreeSet<&str> = batches.iter().flatten().flatten().copied().collect();
-            let want: Vec<Vec<u32>> = batches
+            let distinct: std::collections::BTreeSet<&str> = names.iter().flatten().copied().collect();
+            let want: Vec<u32> = names
                 .iter()
-                .map(|b| {
-                    b.iter()
-                        .map(|v| v.map_or(0, |s| distinct.iter().position(|d| *d == s).unwrap() as u32 + 1))
-                        .collect()
-                })
+                .map(|v| v.map_or(0, |s| distinct.iter().position(|d| *d == s).unwrap() as u32 + 1))
                 .collect();
-            prop_assert_eq!(got, want);
-            prop_assert!(sorted.into_iter().eq(distinct.iter().copied()));
+            prop_assert_eq!(dense_ranks(&names), want);
         }
     }
 
+    proptest! {
+        /// Ids whose names repeat (a Kafka partition read twice gives two file ids of one name)
+        /// or a null sender's slot: the order and the merge keys still follow the names.
+        #[test]
+        fn ids_sharing_a_name_sort_as_that_name(rows in proptest::collection::vec(
+            (proptest::option::of(prop_oneof![Just(0u32), Just(2), Just(3)]),
+             proptest::option::of(-2i64..2), 0u32..4, 0i64..3),
+            1..80,
+        )) {
+            let names = StagedNames {
+                senders: vec![Some("b".into()), None, Some("a".into()), Some("ab".into())],
+                files: vec!["y".into(), "x".into(), "y".into(), "x".into()],
+            };
+            let ranks = Ranks::new(names.clone()).unwrap();
+            let (a, b) = rows.split_at(rows.len() / 2);
+            let batches = [with_ids(a), with_ids(b)];
+            for batch in &batches {
+                prop_assert!(ranks.check(batch).is_ok());
+            }
+            let mut expected: Vec<(usize, usize)> = batches
+                .iter()
+                .enumerate()
+                .flat_map(|(bi, b)| (0..b.num_rows()).map(move |i| (bi, i)))
+                .collect();
+            expected.sort_by(|&(xb, x), &(yb, y)| cmp_rows(&names, &batches[xb], x, &batches[yb], y));
+            prop_assert_eq!(sorted_order(&batches, &ranks, &mut Vec::new()).order, expected);
+            let keys: Vec<Vec<MergeKey>> = batches.iter().map(|b| ranks.keys(b).unwrap()).collect();
+            for (xb, x) in keys.iter().enumerate() {
+                for (yb, y) in keys.iter().enumerate() {
+                    for (i, kx) in x.iter().enumerate() {
+                        for (j, ky) in y.iter().enumerate() {
+                            prop_assert_eq!(kx.cmp(ky), cmp_rows(&names, &batches[xb], i, &batches[yb], j));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A batch of rows (sender id, ts, file id, line) with those ids as they are.
+    fn with_ids(rows: &[(Option<u32>, Option<i64>, u32, i64)]) -> RecordBatch {
+        let plain: Vec<_> = rows
+            .iter()
+            .map(|&(_, ts, _, line)| (Some(0), ts, 0, line))
+            .collect();
+        let b = batch(&plain);
+        let mut cols = b.columns().to_vec();
+        cols[C_SENDER] = Arc::new(arrow_array::UInt32Array::from(
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        ));
+        cols[C_FILE] = Arc::new(arrow_array::UInt32Array::from(
+            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        ));
+        RecordBatch::try_new(b.schema(), cols).unwrap()
+    }
+
+    /// Ranks follow the names, not the ids; a sender named by two ids, or an id of no name, is
+    /// an error, not a panic or a partition written twice.
     #[test]
-    fn string_ranks_put_null_first_and_follow_byte_order() {
-        let b = batch(&[
-            (Some(2), None, 1, 0),
-            (None, None, 0, 0),
-            (Some(10), None, 2, 0),
-        ]);
-        // "s10" < "s2" in byte order.
-        let c = batch(&[(Some(3), None, 1, 0)]);
-        let senders = [b.column(C_SENDER).as_ref(), c.column(C_SENDER).as_ref()];
-        let (ranks, sorted) = string_ranks(&senders);
-        assert_eq!(ranks, [vec![2, 0, 1], vec![3]]);
-        assert_eq!(sorted, ["s10", "s2", "s3"]);
-        let files = [b.column(C_FILE).as_ref()];
-        assert_eq!(string_ranks(&files).0, [vec![2, 1, 3]]);
+    fn ranks_follow_names_and_refuse_ids_without_one() {
+        let names = StagedNames {
+            senders: vec![Some("s2".into()), None, Some("s10".into())],
+            files: vec!["b".into(), "a".into(), "b".into()],
+        };
+        let ranks = Ranks::new(names.clone()).unwrap();
+        // "s10" < "s2"; the null sender's slot has rank 0; files of one name share a rank.
+        assert_eq!(ranks.senders, [2, 0, 1]);
+        assert_eq!(ranks.max_sender, 2);
+        assert_eq!(ranks.files, [2, 1, 2]);
+        let twice = StagedNames {
+            senders: vec![Some("x".into()), Some("x".into())],
+            files: Vec::new(),
+        };
+        assert!(Ranks::new(twice).is_err());
+        for null_named in ["", crate::layout::HIVE_NULL] {
+            let names = StagedNames {
+                senders: vec![Some("x".into()), Some(null_named.into())],
+                files: Vec::new(),
+            };
+            assert!(Ranks::new(names).is_err_and(|e| e.contains("staged as null")));
+        }
+
+        let ids = |senders: Vec<Option<u32>>, files: Vec<u32>| {
+            let rows: Vec<_> = senders
+                .into_iter()
+                .zip(files)
+                .map(|(s, f)| (s, None, f, 0))
+                .collect();
+            with_ids(&rows)
+        };
+        assert!(ranks.check(&ids(vec![Some(0), None], vec![0, 2])).is_ok());
+        assert_eq!(
+            ranks.sender_ranks(&ids(vec![Some(0), None], vec![0, 2])),
+            [2, 0]
+        );
+        let bad = [
+            (
+                ids(vec![Some(1), None], vec![0, 0]),
+                "sender id 1 names no sender",
+            ),
+            (
+                ids(vec![Some(3), None], vec![0, 0]),
+                "sender id 3 names no sender",
+            ),
+            (
+                ids(vec![Some(0), None], vec![0, 3]),
+                "source file id 3 names no file",
+            ),
+        ];
+        for (b, e) in bad {
+            assert_eq!(ranks.check(&b).unwrap_err(), e);
+        }
     }
 }
