@@ -43,7 +43,7 @@ fn check_column(column: &dyn Array, rows: usize) -> Result<(), String> {
             let offsets = &data.buffers()[0].typed_data::<i32>()[data.offset()..][..data.len() + 1];
             check_utf8(offsets, data.buffers()[1].as_slice())
         }
-        DataType::Timestamp(..) | DataType::Int64 | DataType::UInt32 => Ok(()),
+        DataType::Timestamp(..) | DataType::Int64 | DataType::UInt32 | DataType::UInt8 => Ok(()),
         other => Err(format!("unexpected type {other}")),
     }
 }

@@ -36,6 +36,9 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, at its code's place: the staged records hold a kind as its code (`as u8`).
+    pub const ALL: [Kind; 2] = [Kind::Message, Kind::System];
+
     /// The value stored in the `kind` column.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,14 +1,16 @@
 //! The Arrow schema of staged records and of the Parquet files, and a batch builder.
 //!
 //! Staged records (extract's output) carry every column, `sender_id` included, with the sender
-//! and the source file as ids into [`StagedNames`], which the staged file keeps in its footer.
-//! The Parquet files hold the source file's name, and leave `sender_id` out because it is the
-//! partition column in the path (Spark refuses a column that is both in the path and in the file).
+//! and the source file as ids into [`StagedNames`], which the staged file keeps in its footer,
+//! and the kind as its code (`Kind as u8`). The Parquet files hold the source file's name and
+//! the kind's, and leave `sender_id` out because it is the partition column in the path (Spark
+//! refuses a column that is both in the path and in the file).
 
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder,
+    ArrayBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt8Builder,
+    UInt32Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -62,7 +64,8 @@ impl StagedNames {
     }
 }
 
-/// The schema of staged records (all columns; the sender and the source file as ids).
+/// The schema of staged records (all columns; the sender and the source file as ids, the kind as
+/// its code).
 pub fn staged_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(
@@ -74,7 +77,7 @@ pub fn staged_schema() -> SchemaRef {
         Field::new("message", DataType::Utf8, false),
         Field::new("room", DataType::Utf8, false),
         Field::new("kafka_offset", DataType::Int64, true),
-        Field::new("kind", DataType::Utf8, false),
+        Field::new("kind", DataType::UInt8, false),
         Field::new("extra", DataType::Utf8, true),
         Field::new("source_file", DataType::UInt32, false),
         Field::new("source_line", DataType::Int64, false),
@@ -82,7 +85,7 @@ pub fn staged_schema() -> SchemaRef {
 }
 
 /// The schema of the Parquet files: the staged schema without `sender_id`, and the source file
-/// by name.
+/// and the kind by name.
 pub fn parquet_schema() -> SchemaRef {
     let s = staged_schema();
     let fields: Vec<Field> = s
@@ -90,7 +93,7 @@ pub fn parquet_schema() -> SchemaRef {
         .iter()
         .filter(|f| f.name() != "sender_id")
         .map(|f| match f.name().as_str() {
-            "source_file" => f.as_ref().clone().with_data_type(DataType::Utf8),
+            "source_file" | "kind" => f.as_ref().clone().with_data_type(DataType::Utf8),
             _ => f.as_ref().clone(),
         })
         .collect();
@@ -104,7 +107,7 @@ pub struct BatchBuilder {
     message: StringBuilder,
     room: StringBuilder,
     kafka_offset: Int64Builder,
-    kind: StringBuilder,
+    kind: UInt8Builder,
     extra: StringBuilder,
     source_file: UInt32Builder,
     source_line: Int64Builder,
@@ -127,7 +130,7 @@ impl BatchBuilder {
             message: StringBuilder::new(),
             room: StringBuilder::new(),
             kafka_offset: Int64Builder::new(),
-            kind: StringBuilder::new(),
+            kind: UInt8Builder::new(),
             extra: StringBuilder::new(),
             source_file: UInt32Builder::new(),
             source_line: Int64Builder::new(),
@@ -155,7 +158,7 @@ impl BatchBuilder {
         self.message.append_value(r.message);
         self.room.append_value(&r.room);
         self.kafka_offset.append_option(r.kafka_offset);
-        self.kind.append_value(r.kind.as_str());
+        self.kind.append_value(r.kind as u8);
         self.extra.append_option(r.extra.as_deref());
         self.source_file.append_value(file);
         self.source_line.append_value(r.source_line as i64);
@@ -196,7 +199,7 @@ impl BatchBuilder {
             finish_strings(&mut self.message),
             finish_strings(&mut self.room),
             finish_ints(&mut self.kafka_offset),
-            finish_strings(&mut self.kind),
+            Arc::new(std::mem::replace(&mut self.kind, UInt8Builder::with_capacity(rows)).finish()),
             finish_strings(&mut self.extra),
             finish_ids(&mut self.source_file),
             finish_ints(&mut self.source_line),

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMicrosecondType, UInt32Type};
+use arrow_array::types::{Int64Type, TimestampMicrosecondType, UInt8Type, UInt32Type};
 use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, PrimitiveArray, RecordBatch, StringArray};
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
@@ -78,6 +78,10 @@ pub fn reorder(
                     .iter()
                     .map(|c| c.as_primitive::<UInt32Type>())
                     .collect();
+                scatter_primitive(&values, &dest, chunk_rows, field.data_type())
+            }
+            DataType::UInt8 => {
+                let values: Vec<_> = cols.iter().map(|c| c.as_primitive::<UInt8Type>()).collect();
                 scatter_primitive(&values, &dest, chunk_rows, field.data_type())
             }
             DataType::Int64 => {
@@ -334,8 +338,9 @@ mod tests {
             Field::new("s", DataType::Utf8, true),
             Field::new("n", DataType::Int64, true),
             Field::new("b", DataType::Boolean, true),
-            // As write's sorted runs hold a sender's and a source file's id.
+            // As the staged records hold a sender's and a source file's id, and a kind's code.
             Field::new("u", DataType::UInt32, true),
+            Field::new("k", DataType::UInt8, true),
         ]))
     }
 
@@ -348,6 +353,7 @@ mod tests {
         let n: PrimitiveArray<Int64Type> = rows.iter().map(|r| r.2).collect();
         let b: arrow_array::BooleanArray = rows.iter().map(|r| r.3).collect();
         let u: arrow_array::UInt32Array = rows.iter().map(|r| r.2.map(|v| v as u32)).collect();
+        let k: arrow_array::UInt8Array = rows.iter().map(|r| r.2.map(|v| v as u8)).collect();
         RecordBatch::try_new(
             schema(),
             vec![
@@ -356,6 +362,7 @@ mod tests {
                 Arc::new(n),
                 Arc::new(b),
                 Arc::new(u),
+                Arc::new(k),
             ],
         )
         .unwrap()

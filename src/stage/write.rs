@@ -431,8 +431,19 @@ impl Ranks {
     }
 
     /// Checks that every sender and file id of a staged batch has a name (a sender id the null
-    /// sender's slot has none). `sender_ranks` and `sorted_order` rely on it.
+    /// sender's slot has none), and every kind code a kind. `sender_ranks` and `sorted_order`
+    /// rely on it.
     fn check(&self, b: &RecordBatch) -> std::result::Result<(), String> {
+        let kinds = b
+            .column(C_KIND)
+            .as_primitive::<arrow_array::types::UInt8Type>();
+        if let Some(code) = kinds
+            .values()
+            .iter()
+            .find(|&&k| k as usize >= crate::record::Kind::ALL.len())
+        {
+            return Err(format!("kind code {code} names no kind"));
+        }
         let senders = b.column(C_SENDER).as_primitive::<UInt32Type>();
         if let Some(id) = senders
             .iter()
@@ -828,6 +839,7 @@ fn cut_ranges(sorted: Vec<RecordBatch>, rows: &[u64]) -> Result<(Vec<RecordBatch
 /// Column indexes in the staged schema.
 const C_TS: usize = 0;
 const C_SENDER: usize = 1;
+const C_KIND: usize = 5;
 const C_FILE: usize = 7;
 const C_LINE: usize = 8;
 
@@ -1945,6 +1957,7 @@ fn gather(
         let col = col.map_err(|e| Error::Internal(format!("gathering rows: {e}")))?;
         cols.push(match ci {
             C_FILE => file_names_of(&col, file_names)?,
+            C_KIND => kind_names_of(&col)?,
             _ => col,
         });
     }
@@ -1962,6 +1975,19 @@ fn file_names_of(ids: &arrow_array::ArrayRef, names: &[String]) -> Result<arrow_
     let mut b = arrow_array::builder::StringBuilder::with_capacity(ids.len(), bytes);
     for &id in ids.values() {
         b.append_value(&names[id as usize]);
+    }
+    Ok(Arc::new(b.finish()))
+}
+
+/// The kinds of their codes, by name.
+fn kind_names_of(codes: &arrow_array::ArrayRef) -> Result<arrow_array::ArrayRef> {
+    let codes = codes.as_primitive::<arrow_array::types::UInt8Type>();
+    let mut b = arrow_array::builder::StringBuilder::with_capacity(codes.len(), 7 * codes.len());
+    for &code in codes.values() {
+        let kind = crate::record::Kind::ALL
+            .get(code as usize)
+            .ok_or_else(|| Error::Internal("gathering rows: a kind code of no kind".into()))?;
+        b.append_value(kind.as_str());
     }
     Ok(Arc::new(b.finish()))
 }
@@ -2364,6 +2390,9 @@ mod tests {
         // The source file, an id in the run, comes back as its name (the Parquet schema has no
         // sender column, so it is one column earlier).
         let files: Vec<String> = rows.iter().map(|r| format!("f{}", r.2)).collect();
+        // So does the kind, a code in the run.
+        let kinds = gathered.column(C_KIND - 1).as_string::<i32>();
+        assert!(kinds.iter().all(|k| k == Some("message")));
         assert!(
             gathered
                 .column(C_FILE - 1)
@@ -2722,5 +2751,11 @@ mod tests {
         for (b, e) in bad {
             assert_eq!(ranks.check(&b).unwrap_err(), e);
         }
+        // A kind is staged as its code; a code of no kind is refused too.
+        let b = ids(vec![Some(0), None], vec![0, 0]);
+        let mut cols = b.columns().to_vec();
+        cols[C_KIND] = Arc::new(arrow_array::UInt8Array::from(vec![1, 2]));
+        let b = RecordBatch::try_new(b.schema(), cols).unwrap();
+        assert_eq!(ranks.check(&b).unwrap_err(), "kind code 2 names no kind");
     }
 }
