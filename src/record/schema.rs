@@ -258,13 +258,14 @@ mod tests {
         assert!(batch.column(1).is_null(0));
         assert_eq!(names.files, ["f"]);
         assert!(parquet_schema().field_with_name("sender_id").is_err());
-        assert_eq!(
-            parquet_schema()
-                .field_with_name("source_file")
-                .unwrap()
-                .data_type(),
-            &DataType::Utf8
-        );
+        for name in ["source_file", "kind"] {
+            let field = parquet_schema().field_with_name(name).unwrap().clone();
+            assert_eq!(field.data_type(), &DataType::Utf8, "{name}");
+        }
+        // A kind's code is its place in `Kind::ALL`, which write reads back.
+        for kind in Kind::ALL {
+            assert_eq!(Kind::ALL[kind as u8 as usize], kind);
+        }
         assert!(b.is_empty());
     }
 }

@@ -235,12 +235,12 @@ fn build(
         None => None,
     };
     // Half the budget for the runs: the one being read, and per sorter thread a run held twice
-    // while it is put in order (the run and its sorted copy), plus about half a run of per-row
-    // bookkeeping (sort keys, 40 bytes a row, whose buffer then holds the order; sender places,
-    // destinations and text places, 16 more), where the benchmark's staged rows take 103 bytes.
-    // The merge, which comes after, has the same half again.
+    // while it is put in order (the run and its sorted copy), plus up to three quarters of a run
+    // of per-row bookkeeping (sort keys, 40 bytes a row, whose buffer then holds the order;
+    // sender places, destinations and text places, 16 more), where the benchmark's staged rows
+    // take 93 bytes. The merge, which comes after, has the same half again.
     let sorters = crate::stage::threads_within(budget, 4 << 20).min(4);
-    let run_bytes = budget / (2 + 5 * sorters);
+    let run_bytes = 2 * budget / (4 + 11 * sorters);
     let staged_bytes = fs::metadata(&staged)
         .map_err(|e| Error::io("cannot read", &staged, e))?
         .len();
@@ -270,9 +270,14 @@ fn build(
     // A lane with no range left encodes row groups for the lanes still merging when a gathered
     // row group, held until it is encoded (at most one per helper), fits in the share of the
     // budget that the idle lane's merge no longer uses. A gathered row holds its source file's
-    // name where the staged row holds an id.
-    let longest_file = ranks.file_names.iter().map(String::len).max().unwrap_or(0) as u64;
-    let row_bytes = staged_bytes / summary.totals.records.max(1) + longest_file;
+    // name and its kind's, each with a 4-byte offset, where the staged row holds an id and a code.
+    let longest_file = ranks.file_names.iter().map(String::len).max().unwrap_or(0);
+    let longest_kind = crate::record::Kind::ALL
+        .map(|k| k.as_str().len())
+        .into_iter()
+        .max();
+    let names = longest_file + longest_kind.unwrap_or(0) + 8;
+    let row_bytes = staged_bytes / summary.totals.records.max(1) + names as u64;
     let handoff = ROW_GROUP_ROWS as u64 * row_bytes <= (budget / (2 * lanes)) as u64;
     let mut files = merge_and_write(
         runs,
