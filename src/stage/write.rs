@@ -6,8 +6,8 @@
 //! of those names, runs that do not all fit are spilled to Arrow IPC files, and a k-way merge
 //! streams the rows out sender by sender into `sender_id=<escaped>/part-00000.parquet`, the
 //! source file's name in place of its id. Every run is cut at the same sender ranks into ranges
-//! of about equal rows (chosen from the first run), so the merge goes range by
-//! range on one lane per core, each merging, encoding and writing its ranges' files on its own;
+//! of about equal rows (chosen from the first run), so the merge goes range by range on one
+//! lane per core, each merging, encoding and writing its ranges' files on its own;
 //! a lane with no range left encodes row groups that the lanes still merging hand it.
 //! Memory stays bounded by the budget whatever the number of rows; beyond it are only the day's
 //! names with a few bytes of rank per name.
@@ -1931,7 +1931,8 @@ impl SenderFile {
     }
 }
 
-/// A piece's rows as one batch of the Parquet schema (the partition column left out).
+/// A piece's rows as one batch of the Parquet schema (the partition column left out, the source
+/// file and the kind by name).
 fn gather(
     schema: &arrow_schema::SchemaRef,
     sources: &[RecordBatch],
