@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt8Builder,
-    UInt32Builder,
+    ArrayBuilder, Int64Builder, PrimitiveBuilder, StringBuilder, TimestampMicrosecondBuilder,
+    UInt8Builder, UInt32Builder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, ArrowPrimitiveType, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::RecordRef;
@@ -29,6 +29,13 @@ pub const COLUMNS: [&str; 9] = [
     "source_file",
     "source_line",
 ];
+
+/// Indexes of the columns that the stages read by place, in [`COLUMNS`] order.
+pub const C_TS: usize = 0;
+pub const C_SENDER: usize = 1;
+pub const C_KIND: usize = 5;
+pub const C_FILE: usize = 7;
+pub const C_LINE: usize = 8;
 
 /// The key of the staged file's footer metadata that holds its [`StagedNames`] as JSON.
 pub const STAGED_NAMES_KEY: &str = "chatetl.names";
@@ -195,14 +202,14 @@ impl BatchBuilder {
                 )
                 .finish(),
             ),
-            finish_ids(&mut self.sender_id),
+            finish_primitive(&mut self.sender_id),
             finish_strings(&mut self.message),
             finish_strings(&mut self.room),
-            finish_ints(&mut self.kafka_offset),
-            Arc::new(std::mem::replace(&mut self.kind, UInt8Builder::with_capacity(rows)).finish()),
+            finish_primitive(&mut self.kafka_offset),
+            finish_primitive(&mut self.kind),
             finish_strings(&mut self.extra),
-            finish_ids(&mut self.source_file),
-            finish_ints(&mut self.source_line),
+            finish_primitive(&mut self.source_file),
+            finish_primitive(&mut self.source_line),
         ];
         self.rows = 0;
         self.bytes = 0;
@@ -216,15 +223,9 @@ fn finish_strings(b: &mut StringBuilder) -> ArrayRef {
     Arc::new(std::mem::replace(b, fresh).finish())
 }
 
-/// The integers appended so far as an array; the builder starts again with room for as many.
-fn finish_ints(b: &mut Int64Builder) -> ArrayRef {
-    let fresh = Int64Builder::with_capacity(b.len());
-    Arc::new(std::mem::replace(b, fresh).finish())
-}
-
-/// The ids appended so far as an array; the builder starts again with room for as many.
-fn finish_ids(b: &mut UInt32Builder) -> ArrayRef {
-    let fresh = UInt32Builder::with_capacity(b.len());
+/// The values appended so far as an array; the builder starts again with room for as many.
+fn finish_primitive<T: ArrowPrimitiveType>(b: &mut PrimitiveBuilder<T>) -> ArrayRef {
+    let fresh = PrimitiveBuilder::<T>::with_capacity(b.len());
     Arc::new(std::mem::replace(b, fresh).finish())
 }
 

@@ -37,7 +37,7 @@ use crate::lock::DateLock;
 use crate::record::clean::{clean_bytes, escape_raw};
 use crate::record::literal::{self, Drops, Entries, FlatScratch, Limits, Value, ValueRef};
 use crate::record::normalize::{Normalizer, Origin};
-use crate::record::schema::{BatchBuilder, STAGED_NAMES_KEY, StagedNames, staged_schema};
+use crate::record::schema::{BatchBuilder, C_SENDER, STAGED_NAMES_KEY, StagedNames, staged_schema};
 use crate::record::{Kind, Record, RecordRef};
 use crate::stage::Outcome;
 use crate::stage::dedupe::{DedupeIndex, Key};
@@ -679,9 +679,6 @@ fn with_date_senders(batch: &RecordBatch, ids: &[u32]) -> Result<RecordBatch> {
     ));
     RecordBatch::try_new(batch.schema(), cols).map_err(|e| Error::Internal(e.to_string()))
 }
-
-/// The staged schema's sender column.
-const C_SENDER: usize = 1;
 
 fn arrow_err(what: &'static str, path: &Path, e: arrow_schema::ArrowError) -> Error {
     match e {

@@ -45,7 +45,11 @@ use crate::error::{Error, Result};
 use crate::exit::ExitCode;
 use crate::layout::{Layout, fsync_path, sender_dir_name, swap_into_place};
 use crate::lock::DateLock;
-use crate::record::schema::{STAGED_NAMES_KEY, StagedNames, parquet_schema, staged_schema};
+use crate::record::Kind;
+use crate::record::schema::{
+    C_FILE, C_KIND, C_LINE, C_SENDER, C_TS, STAGED_NAMES_KEY, StagedNames, parquet_schema,
+    staged_schema,
+};
 use crate::stage::Outcome;
 use crate::stage::extract::{self, ExtractSummary, STAGED_RECORDS};
 use crate::stage::ipc::IpcBlocks;
@@ -272,11 +276,12 @@ fn build(
     // budget that the idle lane's merge no longer uses. A gathered row holds its source file's
     // name and its kind's, each with a 4-byte offset, where the staged row holds an id and a code.
     let longest_file = ranks.file_names.iter().map(String::len).max().unwrap_or(0);
-    let longest_kind = crate::record::Kind::ALL
+    let longest_kind = Kind::ALL
+        .iter()
         .map(|k| k.as_str().len())
-        .into_iter()
-        .max();
-    let names = longest_file + longest_kind.unwrap_or(0) + 8;
+        .max()
+        .unwrap_or(0);
+    let names = longest_file + longest_kind + 8;
     let row_bytes = staged_bytes / summary.totals.records.max(1) + names as u64;
     let handoff = ROW_GROUP_ROWS as u64 * row_bytes <= (budget / (2 * lanes)) as u64;
     let mut files = merge_and_write(
@@ -445,7 +450,7 @@ impl Ranks {
         if let Some(code) = kinds
             .values()
             .iter()
-            .find(|&&k| k as usize >= crate::record::Kind::ALL.len())
+            .find(|&&k| k as usize >= Kind::ALL.len())
         {
             return Err(format!("kind code {code} names no kind"));
         }
@@ -840,13 +845,6 @@ fn cut_ranges(sorted: Vec<RecordBatch>, rows: &[u64]) -> Result<(Vec<RecordBatch
     }
     Ok((out, starts))
 }
-
-/// Column indexes in the staged schema.
-const C_TS: usize = 0;
-const C_SENDER: usize = 1;
-const C_KIND: usize = 5;
-const C_FILE: usize = 7;
-const C_LINE: usize = 8;
 
 /// Compares two rows by (sender, ts, source_file, source_line) by name; nulls first. The
 /// reference order that `sorted_order` and the merge's integer keys are tested against.
@@ -1962,38 +1960,38 @@ fn gather(
         };
         let col = col.map_err(|e| Error::Internal(format!("gathering rows: {e}")))?;
         cols.push(match ci {
-            C_FILE => file_names_of(&col, file_names)?,
-            C_KIND => kind_names_of(&col)?,
+            C_FILE => {
+                let ids = col.as_primitive::<UInt32Type>().values();
+                names_of(ids.iter().map(|&id| id as usize), file_names, "a file id")?
+            }
+            C_KIND => {
+                let codes = col.as_primitive::<arrow_array::types::UInt8Type>().values();
+                let kinds = Kind::ALL.map(Kind::as_str);
+                names_of(codes.iter().map(|&c| c as usize), &kinds, "a kind code")?
+            }
             _ => col,
         });
     }
     RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// The source files of a sorted run's rows, from their ids, as text.
-fn file_names_of(ids: &arrow_array::ArrayRef, names: &[String]) -> Result<arrow_array::ArrayRef> {
-    let ids = ids.as_primitive::<UInt32Type>();
-    let unknown = || Error::Internal("gathering rows: a file id with no name".into());
+/// The names of a sorted run's ids (a source file's, a kind's code) as text; `what` names the
+/// ids in the error for one of no name.
+fn names_of<S: AsRef<str>>(
+    ids: impl Iterator<Item = usize> + Clone,
+    names: &[S],
+    what: &str,
+) -> Result<arrow_array::ArrayRef> {
     let mut bytes = 0;
-    for &id in ids.values() {
-        bytes += names.get(id as usize).ok_or_else(unknown)?.len();
+    for id in ids.clone() {
+        let name = names
+            .get(id)
+            .ok_or_else(|| Error::Internal(format!("gathering rows: {what} with no name")))?;
+        bytes += name.as_ref().len();
     }
-    let mut b = arrow_array::builder::StringBuilder::with_capacity(ids.len(), bytes);
-    for &id in ids.values() {
-        b.append_value(&names[id as usize]);
-    }
-    Ok(Arc::new(b.finish()))
-}
-
-/// The kinds of their codes, by name.
-fn kind_names_of(codes: &arrow_array::ArrayRef) -> Result<arrow_array::ArrayRef> {
-    let codes = codes.as_primitive::<arrow_array::types::UInt8Type>();
-    let mut b = arrow_array::builder::StringBuilder::with_capacity(codes.len(), 7 * codes.len());
-    for &code in codes.values() {
-        let kind = crate::record::Kind::ALL
-            .get(code as usize)
-            .ok_or_else(|| Error::Internal("gathering rows: a kind code of no kind".into()))?;
-        b.append_value(kind.as_str());
+    let mut b = arrow_array::builder::StringBuilder::with_capacity(ids.size_hint().0, bytes);
+    for id in ids {
+        b.append_value(names[id].as_ref());
     }
     Ok(Arc::new(b.finish()))
 }
@@ -2041,8 +2039,8 @@ pub fn rows_per_sender(m: &Manifest) -> BTreeMap<Option<String>, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Record;
     use crate::record::schema::BatchBuilder;
-    use crate::record::{Kind, Record};
     use proptest::prelude::*;
 
     /// The names of the tests' staged ids: senders `s0`..`s255` (id k for `sk`, so ids do not
