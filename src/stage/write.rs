@@ -962,7 +962,7 @@ fn sorted_order(batches: &[RecordBatch], ranks: &Ranks, scratch: &mut Vec<u32>) 
     }
     let mut start = 0;
     for end in place {
-        sort_nearly_sorted(&mut keys[start..end]);
+        let _handed_over = sort_nearly_sorted(&mut keys[start..end]);
         start = end;
     }
     let order = keys
@@ -983,8 +983,8 @@ fn sorted_order(batches: &[RecordBatch], ranks: &Ranks, scratch: &mut Vec<u32>) 
 /// benchmark's day, whose times are in order by the second). Once it has moved rows more than
 /// eight places each on average (input far from order, such as a busy sender's many rows within
 /// each second in random order), it hands over to the unstable sort, so it never costs much more
-/// than that.
-fn sort_nearly_sorted<T: Ord + Copy>(v: &mut [T]) {
+/// than that. True when it handed over.
+fn sort_nearly_sorted<T: Ord + Copy>(v: &mut [T]) -> bool {
     let mut moves = 0;
     for i in 1..v.len() {
         let x = v[i];
@@ -999,9 +999,11 @@ fn sort_nearly_sorted<T: Ord + Copy>(v: &mut [T]) {
         v[j] = x;
         moves += i - j;
         if moves > 8 * i + 64 {
-            return v.sort_unstable();
+            v.sort_unstable();
+            return true;
         }
     }
+    false
 }
 
 /// Sorts the rows of a run into batches of at most `chunk_rows` rows, cut where each range that
@@ -2118,14 +2120,15 @@ mod tests {
         #[test]
         fn sort_nearly_sorted_sorts(
             n in 0usize..3000,
-            shape in 0u8..3,
+            shape in 0u8..4,
             swaps in proptest::collection::vec((0usize..3000, 1usize..40), 0..400),
             seed in any::<u64>(),
         ) {
             let mut v: Vec<(u32, u64)> = (0..n as u32).map(|i| (i / 3, seed ^ u64::from(i))).collect();
             match shape {
-                // Nearly in order: elements moved by up to 40 places.
-                0 => for &(at, by) in &swaps {
+                // Nearly in order: elements moved by up to 3 places, or by up to 40.
+                0 | 3 => for &(at, by) in &swaps {
+                    let by = if shape == 0 { 1 + by % 3 } else { by };
                     if at + by < n {
                         v.swap(at, at + by);
                     }
@@ -2139,8 +2142,15 @@ mod tests {
             }
             let mut expected = v.clone();
             expected.sort_unstable();
-            sort_nearly_sorted(&mut v);
+            let handed_over = sort_nearly_sorted(&mut v);
             prop_assert_eq!(v, expected);
+            // Each path is taken where it should be: rows moved by at most 3 places stay with
+            // the insertion sort; reversed rows, beyond a few dozen, go to the unstable sort.
+            match shape {
+                0 => prop_assert!(!handed_over),
+                1 => prop_assert!(handed_over || n < 30),
+                _ => {}
+            }
         }
 
         /// The integer-key order over a run's batches is the order of `cmp_rows`, ties in row
