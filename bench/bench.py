@@ -186,9 +186,10 @@ def main():
               f"DuckDB {n_duck} ({n_duck - rows:+d})")
         print(f"by CPU time (user + system): chatetl extract+write / DuckDB "
               f"{t_duck[1] / t_exwr[1]:.2f}x")
-        print(f"2x DuckDB would leave chatetl {t_duck[1] / 2:.1f} CPU-s for extract+write "
-              f"(it took {t_exwr[1]:.1f}); SHA-256 of the input alone (reading it included) takes {sha:.1f} of them "
-              f"({100 * sha / (t_duck[1] / 2):.0f}%)")
+        budget = t_duck[1] / 2
+        print(f"2x DuckDB would leave chatetl {budget:.1f} CPU-s for extract+write (it took "
+              f"{t_exwr[1]:.1f}); SHA-256 of the input alone (reading it included) takes "
+              f"{sha:.1f} of them ({100 * sha / budget:.0f}%)")
 
 
 if __name__ == "__main__":
