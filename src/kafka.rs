@@ -30,6 +30,9 @@ struct Seen {
     all_brokers_down: bool,
     transport_failed: bool,
     last_error: Option<String>,
+    /// The last connection failure (refused, name not resolved): more telling than the "1/1
+    /// brokers are down" that follows it.
+    transport_error: Option<String>,
     delivery: Option<std::result::Result<(i32, i64), KafkaError>>,
 }
 
@@ -48,8 +51,9 @@ impl Context {
     fn unreachable_reason(&self) -> Option<String> {
         let s = self.seen();
         s.all_brokers_down.then(|| {
-            s.last_error
+            s.transport_error
                 .clone()
+                .or_else(|| s.last_error.clone())
                 .unwrap_or_else(|| "all brokers down".into())
         })
     }
@@ -61,6 +65,7 @@ impl Context {
         let mut s = self.seen();
         s.all_brokers_down = false;
         s.transport_failed = false;
+        s.transport_error = None;
     }
 }
 
@@ -75,7 +80,8 @@ impl ClientContext for Context {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::AllBrokersDown) => s.all_brokers_down = true,
             Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::Resolve) => {
-                s.transport_failed = true
+                s.transport_failed = true;
+                s.transport_error = Some(reason.trim().to_string());
             }
             _ => {}
         }
@@ -154,13 +160,12 @@ pub fn produce_one(k: &KafkaSettings, topic: &str, payload: &[u8]) -> Result<Del
         .map_err(config_error)?;
     let deadline = Instant::now() + timeout + Duration::from_millis(500);
     // Ask about the topic first: a missing topic is a refusal (69), not something to wait for.
-    let asked = Instant::now();
-    let meta = while_polling(
+    let meta = topic_metadata(
+        producer.client(),
         || producer.poll(Duration::from_millis(20)),
-        || producer.client().fetch_metadata(Some(topic), timeout),
-    )
-    .map_err(|e| metadata_error(producer.context(), topic, &e, timeout, asked))?;
-    producer.context().answered();
+        topic,
+        timeout,
+    )?;
     if let Some(err) = meta
         .topics()
         .iter()
@@ -401,15 +406,14 @@ pub fn read_day(
     let consumer: BaseConsumer<Context> = c
         .create_with_context(Context::default())
         .map_err(config_error)?;
-    let asked = Instant::now();
-    let meta = while_polling(
+    let meta = topic_metadata(
+        consumer.client(),
         || {
             let _ = consumer.poll(Duration::from_millis(20));
         },
-        || consumer.fetch_metadata(Some(topic), timeout),
-    )
-    .map_err(|e| metadata_error(consumer.context(), topic, &e, timeout, asked))?;
-    consumer.context().answered();
+        topic,
+        timeout,
+    )?;
     let t = meta
         .topics()
         .iter()
@@ -642,6 +646,50 @@ fn while_polling<T: Send>(poll: impl Fn(), request: impl FnOnce() -> T + Send) -
         }
         h.join().expect("Kafka request thread")
     })
+}
+
+/// The metadata of `topic`, asked in attempts of growing length (a quarter of a second, then
+/// twice as long each time) within `timeout`, polling the client meanwhile. librdkafka keeps
+/// retrying a broker that refuses connections or whose name does not resolve until a request's
+/// timeout; between attempts the client's errors say whether every broker is down, which is
+/// "unreachable" (69) at once instead of after the whole `--timeout`. A broker that answers
+/// slowly only gets longer attempts and is a timeout (75) at the deadline, as before.
+fn topic_metadata(
+    client: &rdkafka::client::Client<Context>,
+    poll: impl Fn(),
+    topic: &str,
+    timeout: Duration,
+) -> Result<rdkafka::metadata::Metadata> {
+    let asked = Instant::now();
+    let deadline = asked + timeout;
+    let mut attempt = Duration::from_millis(250);
+    loop {
+        let t = attempt
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1));
+        let started = Instant::now();
+        let e = match while_polling(&poll, || client.fetch_metadata(Some(topic), t)) {
+            Ok(meta) => {
+                client.context().answered();
+                return Ok(meta);
+            }
+            Err(e) => e,
+        };
+        // Only a request that ran out of its own time is worth asking again: a connection that
+        // failed well before it, or any other error, is classified now.
+        let timed_out = match e.rdkafka_error_code() {
+            Some(c) if is_connection_error(c) => started.elapsed() >= t.mul_f64(0.9),
+            Some(c) => is_retriable(c),
+            None => false,
+        };
+        if !timed_out
+            || client.context().unreachable_reason().is_some()
+            || Instant::now() >= deadline
+        {
+            return Err(metadata_error(client.context(), topic, &e, timeout, asked));
+        }
+        attempt = attempt.saturating_mul(2);
+    }
 }
 
 /// Classifies a failed metadata or watermark request started at `started`. librdkafka reports

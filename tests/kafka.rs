@@ -135,38 +135,38 @@ fn notify_dry_run_prints_and_sends_nothing_and_keys_are_configurable() {
     assert_eq!(code(&o), 78, "{}", stderr(&o));
 }
 
+/// A broker that is down, or refuses connections, or a name that does not resolve: 69 without
+/// waiting out `--timeout` (60 s here; the bound below is only that it did not wait it out).
 #[test]
-fn broker_down_exits_69_within_the_timeout() {
+fn broker_down_exits_69_without_waiting_out_the_timeout() {
     let (dir, input, out) = workspace();
     sample_run(dir.path(), &input, &out);
     let m = mock(1, "room");
     m.broker_down(1).unwrap();
-    let t = Instant::now();
-    let o = notify(
-        dir.path(),
-        &out,
-        &m.bootstrap_servers(),
-        &["--status", "success", "--timeout", "2"],
-    );
-    let took = t.elapsed();
-    assert_eq!(code(&o), 69, "{}", stderr(&o));
-    assert!(took < Duration::from_secs(8), "took {took:?}");
-    let err = stderr(&o);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("unreachable"), "{err}");
-    // Nothing listens at all: the same.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let o = notify(
-        dir.path(),
-        &out,
-        &format!("127.0.0.1:{port}"),
-        &["--status", "success", "--timeout", "2"],
-    );
-    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    for (brokers, says) in [
+        (m.bootstrap_servers(), "unreachable"),
+        (format!("127.0.0.1:{port}"), "Connection refused"),
+        ("no-such-host.invalid:9092".to_string(), "resolve"),
+    ] {
+        let t = Instant::now();
+        let o = notify(
+            dir.path(),
+            &out,
+            &brokers,
+            &["--status", "success", "--timeout", "60"],
+        );
+        let took = t.elapsed();
+        assert_eq!(code(&o), 69, "{brokers}: {}", stderr(&o));
+        assert!(took < Duration::from_secs(45), "{brokers}: took {took:?}");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("unreachable") && err.contains(says), "{err}");
+    }
 }
 
 #[test]
