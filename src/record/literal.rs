@@ -293,7 +293,9 @@ fn is_dropped_control(c: char) -> bool {
     matches!(c, '\0'..='\u{8}' | '\u{b}'..='\u{1f}' | '\u{7f}'..='\u{9f}')
 }
 
-/// Appends `bytes` to `out`, dropping invalid UTF-8 and control characters.
+/// Appends `bytes` to `out`, dropping invalid UTF-8 and control characters; a surrogate in
+/// UTF-8 form is a lone surrogate, or with its partner the character they encode
+/// ([`super::clean::utf8_surrogate`]).
 fn push_clean(out: &mut String, mut bytes: &[u8], drops: &mut Drops) {
     loop {
         let (valid, bad) = match std::str::from_utf8(bytes) {
@@ -317,8 +319,20 @@ fn push_clean(out: &mut String, mut bytes: &[u8], drops: &mut Drops) {
         if bad == 0 {
             return;
         }
-        drops.invalid_bytes += bad as u64;
-        bytes = bytes.get(valid.len() + bad..).unwrap_or_default();
+        let rest = bytes.get(valid.len()..).unwrap_or_default();
+        match super::clean::utf8_surrogate(rest) {
+            Some((len, pair)) => {
+                match pair {
+                    Some(c) => out.push(c),
+                    None => drops.lone_surrogates += 1,
+                }
+                bytes = rest.get(len..).unwrap_or_default();
+            }
+            None => {
+                drops.invalid_bytes += bad as u64;
+                bytes = rest.get(bad..).unwrap_or_default();
+            }
+        }
     }
 }
 
@@ -1396,7 +1410,7 @@ mod tests {
 
     #[test]
     fn bytes_literals_and_raw_bytes() {
-        let cases: [(&[u8], &str, [u64; 3]); 16] = [
+        let cases: [(&[u8], &str, [u64; 3]); 19] = [
             (br"b'\xed\x95\x9c'", "한", [0, 0, 0]),
             (br"B'\xff'", "", [0, 1, 0]),
             (br#"b"a\x00b\r""#, "ab", [0, 0, 2]),
@@ -1406,7 +1420,11 @@ mod tests {
             (br"b'it\'s'", "it's", [0, 0, 0]),
             (b"'a\xffb'", "ab", [0, 1, 0]),
             (b"'\xe2\x82x\xc2'", "x", [0, 3, 0]),
-            (b"'\xed\xa0\xbd'", "", [0, 3, 0]),
+            // Surrogates in UTF-8 form (Python's `surrogatepass`): lone, or a pair's character.
+            (b"'\xed\xa0\xbd'", "", [1, 0, 0]),
+            (b"'A\xed\xb3\xabB'", "AB", [1, 0, 0]),
+            (b"'\xed\xa0\xbd\xed\xb8\x80'", "😀", [0, 0, 0]),
+            (br"b'\xed\xa0\xbd\xed\xb8\x80\xed'", "😀", [0, 1, 0]),
             ("'회의 시작할까요'".as_bytes(), "회의 시작할까요", [0, 0, 0]),
             ("\"© ° ÿ\"".as_bytes(), "© ° ÿ", [0, 0, 0]),
             (b"'a\x01b\x7fc\rd'", "abcd", [0, 0, 3]),
