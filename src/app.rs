@@ -30,10 +30,17 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::Ok,
                 _ => ExitCode::Usage,
             };
-            let _ = e.print();
-            // Missing subcommand prints help but is still a usage error.
-            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                return ExitCode::Usage;
+            match e.kind() {
+                // Help and version as clap prints them; help for a missing subcommand too, but
+                // that is still a usage error.
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    return ExitCode::Usage;
+                }
+                _ => eprintln!("{}", error_line(&usage_error(&e.render().to_string()))),
             }
             return code;
         }
@@ -71,6 +78,26 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             code
         }
     }
+}
+
+/// A usage error as clap renders it (an `error:` line, maybe indented details and a tip, a usage
+/// line, a pointer to `--help`) in one line, like every other error.
+fn usage_error(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    let mut usage = None;
+    for line in rendered.lines().map(str::trim) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u);
+        } else if !line.is_empty() && !line.starts_with("For more information") {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    let mut one = parts.join(" ");
+    if let Some(u) = usage {
+        one.push_str(&format!(" (usage: {u})"));
+    }
+    one.push_str("; see --help");
+    one
 }
 
 /// The one line printed on stderr for an error, naming the Airflow try when there is one.

@@ -200,7 +200,7 @@ pub struct AggregateArgs {
     /// Last date of a range (inclusive)
     #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "from")]
     pub to: Option<NaiveDate>,
-    /// Rows of the top lists on the terminal and in summary.json
+    /// Rows of the top lists: on the terminal and in summary.json (aggregate), on the page (report)
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
     /// Count system messages (configured system senders) too

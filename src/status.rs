@@ -87,7 +87,11 @@ fn put(layout: &Layout, date: NaiveDate, stage: &str, entry: StageStatus) {
     st.last = Some(stage.to_string());
     st.stages.insert(stage.to_string(), entry);
     if let Err(e) = save(layout, date, &st) {
-        tracing::warn!("cannot record the status of {date}: {e}");
+        // Once a process: a stage that could not record its start cannot record its end either.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("cannot record the status of {date}: {e}");
+        }
     }
 }
 

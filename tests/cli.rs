@@ -101,11 +101,29 @@ fn usage_errors_exit_64() {
         vec!["check-log"],
         vec!["check-log", "--date", "2024-10-24", "--bogus"],
         vec!["frobnicate"],
+        vec![
+            "extract",
+            "--date",
+            "2024-10-24",
+            "--max-reject-ratio",
+            "abc",
+        ],
         vec![],
     ] {
         let o = run(dir.path(), &a);
         assert_eq!(code(&o), 64, "{a:?}: {}", stderr(&o));
+        // One line, like every other error (no arguments at all prints the help).
+        if !a.is_empty() {
+            assert_eq!(stderr(&o).lines().count(), 1, "{a:?}: {}", stderr(&o));
+            assert!(stderr(&o).starts_with("chatetl: error: "), "{}", stderr(&o));
+        }
     }
+    let o = run(dir.path(), &["check-log"]);
+    assert!(
+        stderr(&o).contains("--date <YYYY-MM-DD> (usage: chatetl check-log"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
