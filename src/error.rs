@@ -65,7 +65,7 @@ impl Error {
             Error::Config(_) => ExitCode::Config,
             Error::Data(_) => ExitCode::DataErr,
             Error::NoInput(_) => ExitCode::NoInput,
-            Error::Io { source, .. } if is_cant_create(source) => ExitCode::CantCreate,
+            Error::Io { what, source, .. } if is_cant_create(what, source) => ExitCode::CantCreate,
             Error::Io { .. } => ExitCode::IoErr,
             Error::CantCreate { .. } => ExitCode::CantCreate,
             Error::Locked(_) | Error::Temporary(_) => ExitCode::TempFail,
@@ -92,9 +92,24 @@ impl Error {
     }
 }
 
-/// A read-only file system is "output cannot be created", not a transient I/O failure.
-fn is_cant_create(e: &io::Error) -> bool {
+/// What is done to the output (as opposed to reading the input or the staged records).
+const OUTPUT_ACTIONS: [&str; 8] = [
+    "cannot commit",
+    "cannot create",
+    "cannot write",
+    "cannot sync",
+    "cannot move",
+    "cannot move aside",
+    "cannot remove",
+    "cannot lock",
+];
+
+/// A read-only file system, or a permission refused while making the output, is "output cannot be
+/// created" (73), not an I/O failure (74). A permission refused on reading stays 74 (unreadable
+/// input).
+fn is_cant_create(what: &str, e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EROFS)
+        || (e.kind() == io::ErrorKind::PermissionDenied && OUTPUT_ACTIONS.contains(&what))
 }
 
 /// The crate's result type.
@@ -122,6 +137,30 @@ mod tests {
                 73,
             ),
             (Error::cant_create("/x", io_err()), 73),
+            (
+                Error::io(
+                    "cannot commit",
+                    "/x",
+                    io::Error::from_raw_os_error(libc::EACCES),
+                ),
+                73,
+            ),
+            (
+                Error::io(
+                    "cannot read",
+                    "/x",
+                    io::Error::from_raw_os_error(libc::EACCES),
+                ),
+                74,
+            ),
+            (
+                Error::io(
+                    "cannot write",
+                    "/x",
+                    io::Error::from_raw_os_error(libc::ENOSPC),
+                ),
+                74,
+            ),
             (Error::Locked("x".into()), 75),
             (Error::Temporary("x".into()), 75),
             (Error::Unavailable("x".into()), 69),

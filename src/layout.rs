@@ -105,6 +105,8 @@ impl Layout {
         let mut v: Vec<PathBuf> = DATASETS.iter().map(|d| self.dataset_dir(d, date)).collect();
         v.push(self.staging_dir(date));
         v.push(self.report_file(date));
+        // The stages' outcomes, which `notify --status auto` reads, describe output that goes.
+        v.push(self.status_file(date));
         v
     }
 

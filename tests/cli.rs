@@ -3,13 +3,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
 mod common;
 
-use common::{chatetl, code, repo, run, stderr, stdout, workspace};
+use common::{chatetl, code, is_root, repo, run, stderr, stdout, unprivileged, workspace};
 
 fn args<'a>(input: &'a Path, out: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
@@ -204,6 +204,8 @@ fn clean_output_removes_only_the_date_and_not_symlink_targets() {
         fs::create_dir_all(&p).unwrap();
         fs::write(p.join("part-00000.parquet"), "x").unwrap();
         fs::create_dir_all(out.join(format!("rejects/date={d}"))).unwrap();
+        fs::create_dir_all(out.join("status")).unwrap();
+        fs::write(out.join(format!("status/date={d}.json")), "{}").unwrap();
     }
     std::os::unix::fs::symlink(&outside, out.join("messages/date=2024-10-24/link")).unwrap();
     let o = run(
@@ -224,11 +226,14 @@ fn clean_output_removes_only_the_date_and_not_symlink_targets() {
     assert!(stdout(&o).contains("removed"));
     assert!(!out.join("messages/date=2024-10-24").exists());
     assert!(!out.join("rejects/date=2024-10-24").exists());
+    // The date's stage outcomes go with it: `notify --status auto` has nothing to report.
+    assert!(!out.join("status/date=2024-10-24.json").exists());
     assert!(
         out.join("messages/date=2024-10-25/sender_id=a/part-00000.parquet")
             .exists()
     );
     assert!(out.join("rejects/date=2024-10-25").exists());
+    assert!(out.join("status/date=2024-10-25.json").exists());
     assert_eq!(
         fs::read_to_string(outside.join("keep.txt")).unwrap(),
         "keep"
@@ -560,24 +565,13 @@ fn unreadable_file_exits_74() {
     let (dir, input, out) = fixture(b"{'user': 'a', 'message': 'x'}\n", "chat_2024-10-24.log");
     let path = input.join("room/chat_2024-10-24.log");
     fs::set_permissions(&path, fs::Permissions::from_mode(0o000)).unwrap();
-    let mut cmd = chatetl(dir.path());
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } == 0 {
-        // Root reads anything: run the binary as nobody, who may write the output root only.
+    if is_root() {
+        // Root reads anything: the binary runs as nobody, who may write the output root only.
         for p in [dir.path(), input.as_path(), &input.join("room")] {
             fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
         }
-        cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_chatetl"),
-        ])
-        .env("TZ", "UTC")
-        .current_dir(dir.path());
     }
-    let o = cmd
+    let o = unprivileged(dir.path())
         .args(args(&input, &out, &["extract", "--date", "2024-10-24"]))
         .output()
         .unwrap();
@@ -585,9 +579,97 @@ fn unreadable_file_exits_74() {
     assert!(stderr(&o).contains("chat_2024-10-24.log"), "{}", stderr(&o));
 }
 
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+#[test]
+fn permission_refused_at_commit_exits_73_keeps_the_date_and_leaves_no_temporary_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, input, out) = fixture(
+        b"{'user': 'a', 'message': 'x', 'time': '2024-10-24 10:00:00'}\n",
+        "chat_2024-10-24.log",
+    );
+    if is_root() {
+        for p in [dir.path(), input.as_path(), &input.join("room")] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+    }
+    let as_nobody = |rest: &[&str]| {
+        unprivileged(dir.path())
+            .args(args(&input, &out, rest))
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody(&["run", "--date", "2024-10-24"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let part = out.join("messages/date=2024-10-24/sender_id=a/part-00000.parquet");
+    let before = fs::read(&part).unwrap();
+    // The date cannot be swapped in: its parent refuses new entries.
+    let messages = out.join("messages");
+    fs::set_permissions(&messages, fs::Permissions::from_mode(0o555)).unwrap();
+    let o = as_nobody(&["write", "--date", "2024-10-24"]);
+    fs::set_permissions(&messages, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(code(&o), 73, "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    assert_eq!(fs::read(&part).unwrap(), before);
+    let left: Vec<_> = fs::read_dir(out.join("_tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_failed_extract_leaves_nothing_for_write_to_commit() {
+    let (dir, input, out) = fixture(
+        b"{'user': 'a', 'message': 'x', 'time': '2024-10-24 10:00:00'}\n",
+        "chat_2024-10-24.log",
+    );
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["run", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let part = out.join("messages/date=2024-10-24/sender_id=a/part-00000.parquet");
+    let before = fs::read(&part).unwrap();
+    // A second log of the day arrives broken: extract fails, and what it staged before is no
+    // longer the day's input, so write has nothing to commit.
+    fs::write(
+        input.join("room/more_2024-10-24.log.gz"),
+        b"\x1f\x8b\x08\x00garbage",
+    )
+    .unwrap();
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 65, "{}", stderr(&o));
+    assert!(!out.join("_staging/date=2024-10-24").exists());
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["write", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 66, "{}", stderr(&o));
+    assert_eq!(fs::read(&part).unwrap(), before);
+    // The same when the day's input is gone.
+    fs::remove_file(input.join("room/more_2024-10-24.log.gz")).unwrap();
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(out.join("_staging/date=2024-10-24").exists());
+    fs::remove_file(input.join("room/chat_2024-10-24.log")).unwrap();
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 99, "{}", stderr(&o));
+    assert!(!out.join("_staging/date=2024-10-24").exists());
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["write", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 66, "{}", stderr(&o));
+    assert_eq!(fs::read(&part).unwrap(), before);
 }
 
 #[test]
@@ -821,6 +903,67 @@ fn damaged_staged_text_is_a_data_error_and_keeps_the_previous_date() {
     }
     fs::write(&staged, &pristine).unwrap();
     stages(&["write"]);
+    assert_eq!(assert_complete_date(&date_dir), 50);
+}
+
+/// The bitmap of duplicates left out and the summary's counts must agree with the staged
+/// records: damaged after extract, they are a data error (65), not an internal one, and the
+/// committed date stays as it was.
+#[test]
+fn damaged_duplicate_bitmap_or_counts_are_a_data_error() {
+    let line = |i: usize| {
+        format!(
+            "{{'user': 'u{}', 'message': 'm{i}', 'chat_room': 'r', 'offset': {i}}}\n",
+            i % 3
+        )
+    };
+    // 50 records, then exact copies of the first three: 53 staged rows, 3 of them left out.
+    let text: String = (0..50).chain(0..3).map(line).collect();
+    let (dir, input, out) = fixture(text.as_bytes(), "chat_2024-10-24.log");
+    let stage = |stage: &str| {
+        run(
+            dir.path(),
+            &args(&input, &out, &[stage, "--date", "2024-10-24"]),
+        )
+    };
+    for s in ["extract", "write"] {
+        assert_eq!(code(&stage(s)), 0);
+    }
+    let date_dir = out.join("messages/date=2024-10-24");
+    let before = snapshot(&date_dir);
+    assert_eq!(assert_complete_date(&date_dir), 50);
+    let staging = out.join("_staging/date=2024-10-24");
+    let bitmap = staging.join("dropped-rows.bitmap");
+    let summary = staging.join("extract.json");
+    let (bits, counts) = (fs::read(&bitmap).unwrap(), fs::read(&summary).unwrap());
+    let fails = |says: &str| {
+        let o = stage("write");
+        assert_eq!(code(&o), 65, "{}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+        assert_eq!(snapshot(&date_dir), before, "the committed date changed");
+    };
+    // No row left out any more, or one more.
+    for damaged in [vec![0u8; bits.len()], {
+        let mut b = bits.clone();
+        b[0] |= 0x80;
+        b
+    }] {
+        fs::write(&bitmap, damaged).unwrap();
+        fails("damaged staged records: 53 rows");
+    }
+    fs::write(&bitmap, &bits).unwrap();
+    // The summary's count of rows to write changed; then with no bitmap at all (the rows
+    // written do not add up).
+    let mut v: Value = serde_json::from_slice(&counts).unwrap();
+    v["totals"]["staged"] = 49.into();
+    fs::write(&summary, serde_json::to_vec(&v).unwrap()).unwrap();
+    fails("but 49 to write");
+    v["dropped_rows_file"] = Value::Null;
+    fs::write(&summary, serde_json::to_vec(&v).unwrap()).unwrap();
+    fails("damaged staged records: wrote 53 rows but 49 were staged");
+    fs::write(&summary, &counts).unwrap();
+    assert_eq!(code(&stage("write")), 0);
     assert_eq!(assert_complete_date(&date_dir), 50);
 }
 

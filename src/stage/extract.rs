@@ -282,8 +282,11 @@ pub fn extract(
     date: NaiveDate,
 ) -> Result<Option<ExtractSummary>> {
     let started = Instant::now();
-    let found = crate::stage::check_log::discover(settings, date)?;
+    let found = crate::stage::check_log::discover(settings, date).inspect_err(|_| {
+        discard_staged(layout, date, "the input could not be listed");
+    })?;
     if !found.has_input() {
+        discard_staged(layout, date, "no input");
         return Ok(None);
     }
     let whole_file_cap = ((settings.memory_budget_mb as usize) << 20) / 2;
@@ -448,23 +451,28 @@ fn stage_and_commit(
     let staging_tmp = layout.new_tmp_dir("staging", date)?;
     let rejects_tmp = layout.new_tmp_dir("rejects", date)?;
     let result = extract_into(settings, date, &staging_tmp, &rejects_tmp, fill);
+    let discard = |outcome: &str| {
+        let _ = crate::layout::remove_path(&staging_tmp);
+        let _ = crate::layout::remove_path(&rejects_tmp);
+        discard_staged(layout, date, outcome);
+    };
     let (mut summary, reject_ratio) = match result {
         Ok(v) if !v.0.files.is_empty() => v,
         Ok(_) => {
-            let _ = crate::layout::remove_path(&staging_tmp);
-            let _ = crate::layout::remove_path(&rejects_tmp);
+            discard("no input");
             return Ok(None);
         }
         Err(e) => {
-            let _ = crate::layout::remove_path(&staging_tmp);
-            let _ = crate::layout::remove_path(&rejects_tmp);
+            discard("extract failed");
             return Err(e);
         }
     };
     summary.skipped_paths = skipped_paths;
     summary.duration_s = started.elapsed().as_secs_f64();
     let too_many = reject_ratio > settings.max_reject_ratio;
-    swap_into_place(&rejects_tmp, &layout.rejects_dir(date))?;
+    swap_into_place(&rejects_tmp, &layout.rejects_dir(date)).inspect_err(|_| {
+        discard("its rejects could not be committed");
+    })?;
     if too_many {
         let _ = crate::layout::remove_path(&staging_tmp);
         let staged = layout.staging_dir(date);
@@ -480,10 +488,26 @@ fn stage_and_commit(
     }
     let summary_path = staging_tmp.join(STAGED_SUMMARY);
     let text = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Internal(e.to_string()))?;
-    write_synced(&summary_path, &text)?;
-    fsync_path(&staging_tmp).map_err(|e| Error::io("cannot sync", &staging_tmp, e))?;
-    swap_into_place(&staging_tmp, &layout.staging_dir(date))?;
+    write_synced(&summary_path, &text)
+        .and_then(|()| {
+            fsync_path(&staging_tmp).map_err(|e| Error::io("cannot sync", &staging_tmp, e))
+        })
+        .and_then(|()| swap_into_place(&staging_tmp, &layout.staging_dir(date)))
+        .inspect_err(|_| discard("its records could not be committed"))?;
     Ok(Some(summary))
+}
+
+/// Removes what an earlier extract staged for `date`, when this one finds no input or fails:
+/// those records no longer match the input, and `write` would commit them; with them gone it
+/// exits 66 (nothing staged). The caller holds the date's lock.
+fn discard_staged(layout: &Layout, date: NaiveDate, outcome: &str) {
+    let staged = layout.staging_dir(date);
+    if let Err(e) = crate::layout::remove_path(&staged) {
+        tracing::warn!(
+            "{date}: {outcome}, and the records staged earlier could not be removed: {}: {e}",
+            staged.display()
+        );
+    }
 }
 
 /// Writes a file and fsyncs it.

@@ -190,14 +190,16 @@ pub fn write(settings: &Settings, layout: &Layout, date: NaiveDate) -> Result<Ma
         }
     }
     let tmp = layout.new_tmp_dir("messages", date)?;
-    let result = build(settings, layout, date, &summary, &tmp);
+    let result = build(settings, layout, date, &summary, &tmp)
+        .and_then(|manifest| swap_into_place(&tmp, &layout.messages_dir(date)).map(|()| manifest));
     match result {
         Ok(manifest) => {
-            swap_into_place(&tmp, &layout.messages_dir(date))?;
             tracing::info!("Committed {} rows of {date}.", manifest.rows);
             Ok(manifest)
         }
         Err(e) => {
+            // Built or not, an uncommitted date is only garbage (after a failed commit too: the
+            // previous output is back in place).
             let _ = crate::layout::remove_path(&tmp);
             Err(e)
         }
@@ -238,6 +240,22 @@ fn build(
         }
         None => None,
     };
+    // The rows left out must be what the summary says (a damaged bitmap or summary would
+    // otherwise show only once the date is written, as a row count that does not add up).
+    // Staging without a bitmap (none left out, or written before bitmaps, when duplicates were
+    // never staged) is checked by that count alone.
+    if let Some(bits) = &dropped
+        && let left_out = bits.iter().map(|w| u64::from(w.count_ones())).sum::<u64>()
+        && summary.totals.records.checked_sub(left_out) != Some(summary.totals.staged)
+    {
+        return Err(Error::Data(format!(
+            "{}: damaged staged records: {} rows, {left_out} of them left out as duplicates, \
+             but {} to write",
+            layout.staging_dir(date).display(),
+            summary.totals.records,
+            summary.totals.staged
+        )));
+    }
     // Half the budget for the runs: the one being read, and per sorter thread a run held twice
     // while it is put in order (the run and its sorted copy), plus up to three quarters of a run
     // of per-row bookkeeping (sort keys, 40 bytes a row, whose buffer then holds the order;
@@ -298,8 +316,10 @@ fn build(
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     if rows != summary.totals.staged {
-        return Err(Error::Internal(format!(
-            "wrote {rows} rows but {} were staged",
+        // The staged records file holds another number of rows than its summary lists.
+        return Err(Error::Data(format!(
+            "{}: damaged staged records: wrote {rows} rows but {} were staged",
+            layout.staging_dir(date).display(),
             summary.totals.staged
         )));
     }

@@ -22,7 +22,35 @@ pub fn repo() -> PathBuf {
 /// A command for the binary with `CHATETL_*`, `AIRFLOW_CTX_*` and `TZ` removed, `TZ=UTC`, and
 /// cwd set to `dir`.
 pub fn chatetl(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_chatetl"));
+    with_test_env(Command::new(env!("CARGO_BIN_EXE_chatetl")), dir)
+}
+
+/// Like [`chatetl`], but run as nobody (uid 65534, through `setpriv`) when the tests run as root,
+/// who passes every permission check: for the cases where a permission must be refused. Give
+/// nobody the directories it needs first (see [`is_root`]).
+pub fn unprivileged(dir: &Path) -> Command {
+    if !is_root() {
+        return chatetl(dir);
+    }
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_chatetl"),
+    ]);
+    with_test_env(c, dir)
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    unsafe extern "C" {
+        safe fn geteuid() -> u32;
+    }
+    geteuid() == 0
+}
+
+fn with_test_env(mut c: Command, dir: &Path) -> Command {
     for (k, _) in std::env::vars() {
         if k.starts_with("CHATETL_") || k == "TZ" || k.starts_with("AIRFLOW_CTX") {
             c.env_remove(k);
