@@ -60,6 +60,12 @@ impl Context {
 }
 
 impl Context {
+    /// Forgets that every broker was down, keeping the errors that said so: whether it is
+    /// reported again tells a cluster that stays down from one that came up meanwhile.
+    fn forget_outage(&self) {
+        self.seen().all_brokers_down = false;
+    }
+
     /// The broker answered: an earlier outage is over.
     fn answered(&self) {
         let mut s = self.seen();
@@ -651,9 +657,12 @@ fn while_polling<T: Send>(poll: impl Fn(), request: impl FnOnce() -> T + Send) -
 /// The metadata of `topic`, asked in attempts of growing length (a quarter of a second, then
 /// twice as long each time) within `timeout`, polling the client meanwhile. librdkafka keeps
 /// retrying a broker that refuses connections or whose name does not resolve until a request's
-/// timeout; between attempts the client's errors say whether every broker is down, which is
-/// "unreachable" (69) at once instead of after the whole `--timeout`. A broker that answers
-/// slowly only gets longer attempts and is a timeout (75) at the deadline, as before.
+/// timeout, and reports every broker down again at each failed reconnection (at most a second
+/// apart): reported in two attempts in a row, the cluster is "unreachable" (69) within about a
+/// second instead of after the whole `--timeout`. Once is not enough: a bootstrap name with
+/// several addresses reports every broker down when the first address refuses, and then
+/// connects to the next one, which may answer slowly. A broker that answers slowly only gets
+/// longer attempts and is a timeout (75) at the deadline, as before.
 fn topic_metadata(
     client: &rdkafka::client::Client<Context>,
     poll: impl Fn(),
@@ -663,6 +672,7 @@ fn topic_metadata(
     let asked = Instant::now();
     let deadline = asked + timeout;
     let mut attempt = Duration::from_millis(250);
+    let mut down_before = false;
     loop {
         let t = attempt
             .min(deadline.saturating_duration_since(Instant::now()))
@@ -682,12 +692,12 @@ fn topic_metadata(
             Some(c) => is_retriable(c),
             None => false,
         };
-        if !timed_out
-            || client.context().unreachable_reason().is_some()
-            || Instant::now() >= deadline
-        {
+        let down = client.context().unreachable_reason().is_some();
+        if !timed_out || (down && down_before) || Instant::now() >= deadline {
             return Err(metadata_error(client.context(), topic, &e, timeout, asked));
         }
+        down_before = down;
+        client.context().forget_outage();
         attempt = attempt.saturating_mul(2);
     }
 }

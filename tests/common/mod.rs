@@ -32,13 +32,18 @@ pub fn unprivileged(dir: &Path) -> Command {
     if !is_root() {
         return chatetl(dir);
     }
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        env!("CARGO_BIN_EXE_chatetl"),
-    ]);
+    wrapped(
+        dir,
+        "setpriv",
+        &["--reuid=65534", "--regid=65534", "--clear-groups"],
+    )
+}
+
+/// Like [`chatetl`], but the binary run by `wrapper wrapper_args... <binary>` (the arguments
+/// given to the command follow).
+pub fn wrapped(dir: &Path, wrapper: &str, wrapper_args: &[&str]) -> Command {
+    let mut c = Command::new(wrapper);
+    c.args(wrapper_args).arg(env!("CARGO_BIN_EXE_chatetl"));
     with_test_env(c, dir)
 }
 
