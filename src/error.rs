@@ -93,8 +93,9 @@ impl Error {
 }
 
 /// What is done to the output (as opposed to reading the input or the staged records).
-const OUTPUT_ACTIONS: [&str; 8] = [
+const OUTPUT_ACTIONS: [&str; 9] = [
     "cannot commit",
+    "cannot list the output",
     "cannot create",
     "cannot write",
     "cannot sync",

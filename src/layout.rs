@@ -124,11 +124,11 @@ impl Layout {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("cannot list", &dir, e)),
+            Err(e) => return Err(Error::io("cannot list the output", &dir, e)),
         };
         let mut out = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io("cannot list", &dir, e))?;
+            let entry = entry.map_err(|e| Error::io("cannot list the output", &dir, e))?;
             if entry.file_name().to_string_lossy().contains(&tag) {
                 out.push(entry.path());
             }

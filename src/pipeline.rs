@@ -344,6 +344,9 @@ fn run_date(
             s.exit_code = ExitCode::Skipped.code();
         }
         res.set_exit(ExitCode::Skipped, "skipped");
+        // As `extract` with no input: what was staged from an earlier input must not be
+        // committed by a later `write`.
+        extract::discard_staged(layout, date, "no input");
         tracing::info!("{date}: no input; skipped.");
         return Ok(());
     }

@@ -87,9 +87,11 @@ fn put(layout: &Layout, date: NaiveDate, stage: &str, entry: StageStatus) {
     st.last = Some(stage.to_string());
     st.stages.insert(stage.to_string(), entry);
     if let Err(e) = save(layout, date, &st) {
-        // Once a process: a stage that could not record its start cannot record its end either.
-        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        // Once a date: a stage that could not record its start cannot record its end either.
+        static WARNED: std::sync::Mutex<Option<NaiveDate>> = std::sync::Mutex::new(None);
+        let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+        if *warned != Some(date) {
+            *warned = Some(date);
             tracing::warn!("cannot record the status of {date}: {e}");
         }
     }

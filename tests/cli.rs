@@ -670,6 +670,24 @@ fn a_failed_extract_leaves_nothing_for_write_to_commit() {
     );
     assert_eq!(code(&o), 66, "{}", stderr(&o));
     assert_eq!(fs::read(&part).unwrap(), before);
+    // And when `run` finds the input gone.
+    fs::write(
+        input.join("room/chat_2024-10-24.log"),
+        b"{'user': 'a', 'message': 'x', 'time': '2024-10-24 10:00:00'}\n",
+    )
+    .unwrap();
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    fs::remove_file(input.join("room/chat_2024-10-24.log")).unwrap();
+    let o = run(
+        dir.path(),
+        &args(&input, &out, &["run", "--date", "2024-10-24"]),
+    );
+    assert_eq!(code(&o), 99, "{}", stderr(&o));
+    assert!(!out.join("_staging/date=2024-10-24").exists());
 }
 
 #[test]

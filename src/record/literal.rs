@@ -43,7 +43,8 @@ pub enum Value {
 /// Characters removed while decoding strings, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drops {
-    /// `\uXXXX`/`\UXXXXXXXX` surrogate escapes that were not a high+low pair.
+    /// Surrogates that were not a high+low pair: `\uXXXX`/`\UXXXXXXXX` escapes, or in UTF-8 form
+    /// (`ED A0..BF xx`, Python's `surrogatepass`).
     pub lone_surrogates: u64,
     /// Bytes of the input (or of a bytes literal) that were not valid UTF-8.
     pub invalid_bytes: u64,

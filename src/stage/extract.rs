@@ -444,12 +444,18 @@ fn stage_and_commit(
     skipped_paths: Vec<crate::input::SkippedPath>,
     fill: impl FnOnce(&mut Sink) -> Result<Vec<FileStats>>,
 ) -> Result<Option<ExtractSummary>> {
-    for leftover in layout.tmp_leftovers(date)? {
-        crate::layout::remove_path(&leftover)
-            .map_err(|e| Error::io("cannot remove", &leftover, e))?;
-    }
-    let staging_tmp = layout.new_tmp_dir("staging", date)?;
-    let rejects_tmp = layout.new_tmp_dir("rejects", date)?;
+    let prepared = || -> Result<(PathBuf, PathBuf)> {
+        for leftover in layout.tmp_leftovers(date)? {
+            crate::layout::remove_path(&leftover)
+                .map_err(|e| Error::io("cannot remove", &leftover, e))?;
+        }
+        Ok((
+            layout.new_tmp_dir("staging", date)?,
+            layout.new_tmp_dir("rejects", date)?,
+        ))
+    };
+    let (staging_tmp, rejects_tmp) =
+        prepared().inspect_err(|_| discard_staged(layout, date, "extract could not start"))?;
     let result = extract_into(settings, date, &staging_tmp, &rejects_tmp, fill);
     let discard = |outcome: &str| {
         let _ = crate::layout::remove_path(&staging_tmp);
@@ -500,7 +506,7 @@ fn stage_and_commit(
 /// Removes what an earlier extract staged for `date`, when this one finds no input or fails:
 /// those records no longer match the input, and `write` would commit them; with them gone it
 /// exits 66 (nothing staged). The caller holds the date's lock.
-fn discard_staged(layout: &Layout, date: NaiveDate, outcome: &str) {
+pub fn discard_staged(layout: &Layout, date: NaiveDate, outcome: &str) {
     let staged = layout.staging_dir(date);
     if let Err(e) = crate::layout::remove_path(&staged) {
         tracing::warn!(

@@ -198,8 +198,9 @@ pub fn write(settings: &Settings, layout: &Layout, date: NaiveDate) -> Result<Ma
             Ok(manifest)
         }
         Err(e) => {
-            // Built or not, an uncommitted date is only garbage (after a failed commit too: the
-            // previous output is back in place).
+            // Built or not, what is left in `tmp` is garbage: the unfinished date, the new one
+            // when the commit failed before the swap (the previous output stays in place), or the
+            // previous one when the swap was done and a step after it failed.
             let _ = crate::layout::remove_path(&tmp);
             Err(e)
         }
