@@ -5,7 +5,8 @@
 //! after (so `20241024` does not also count as `241024`, and `120241024` counts as nothing).
 //! With `input_pattern`, the relative path must match the pattern, whose `{date}` or
 //! `{date:STRFTIME}` placeholder is D formatted, `{room}` is one path segment naming the room,
-//! `*` is any run of characters within a segment and `**` any run across segments.
+//! `*` is any run of characters within a segment, `**/` any number of directories (none
+//! included) and `**` elsewhere any run across segments.
 //!
 //! The room of a file is the pattern's `{room}`, else its first directory under the input root,
 //! else (a file at the top level) its name without extensions. Hidden files and directories
@@ -79,6 +80,8 @@ enum Part {
     Room,
     Star,
     DoubleStar,
+    /// `**/`: any number of whole directories, none included.
+    AnyDirs,
 }
 
 impl Pattern {
@@ -117,8 +120,18 @@ impl Pattern {
                 if !lit.is_empty() {
                     parts.push(Part::Lit(std::mem::take(&mut lit)));
                 }
-                parts.push(Part::DoubleStar);
-                rest = r;
+                // `**/` is any number of directories, none included (as bash's globstar and
+                // gitignore have it); `**` elsewhere any run of characters across segments.
+                match r.strip_prefix('/') {
+                    Some(after) => {
+                        parts.push(Part::AnyDirs);
+                        rest = after;
+                    }
+                    None => {
+                        parts.push(Part::DoubleStar);
+                        rest = r;
+                    }
+                }
             } else if let Some(r) = rest.strip_prefix('*') {
                 if !lit.is_empty() {
                     parts.push(Part::Lit(std::mem::take(&mut lit)));
@@ -149,6 +162,7 @@ impl Pattern {
                 Part::Room => re.push_str("(?P<room>[^/]+)"),
                 Part::Star => re.push_str("[^/]*"),
                 Part::DoubleStar => re.push_str(".*"),
+                Part::AnyDirs => re.push_str("(?:.*/)?"),
             }
         }
         re.push('$');
@@ -371,6 +385,39 @@ mod tests {
         let p = Pattern::compile("**/chat_{date:%Y%m%d}.*").unwrap();
         let got = discover(dir.path(), d("2024-10-24"), Some(&p)).unwrap();
         assert_eq!(got.files.len(), 3);
+    }
+
+    #[test]
+    fn double_star_slash_is_any_number_of_directories_none_included() {
+        let dir = tree(&[
+            "2024-10-24/top.log",
+            "2024-10-24/a/b/deep.log",
+            "2024-10-24/a/mid.log",
+            "chat_2024-10-24.log",
+            "2024-10-24x/no.log",
+        ]);
+        let names = |pattern: &str| {
+            let p = Pattern::compile(pattern).unwrap();
+            let mut v: Vec<String> = discover(dir.path(), d("2024-10-24"), Some(&p))
+                .unwrap()
+                .files
+                .into_iter()
+                .map(|f| f.rel)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names("{date}/**/*.log"),
+            [
+                "2024-10-24/a/b/deep.log",
+                "2024-10-24/a/mid.log",
+                "2024-10-24/top.log"
+            ]
+        );
+        // At the start too; and `**` not before a slash still crosses segments.
+        assert_eq!(names("**/chat_{date}.log"), ["chat_2024-10-24.log"]);
+        assert_eq!(names("{date}/**deep.log"), ["2024-10-24/a/b/deep.log"]);
     }
 
     #[test]
