@@ -1110,7 +1110,7 @@ impl LineChunker {
             let buf = r.fill_buf()?;
             if buf.is_empty() {
                 if cur_len > 0 {
-                    self.push_line(data, lines, cur_start, cur_len, too_long);
+                    self.end_line(data, lines, (cur_start, cur_len), too_long);
                 }
                 return Ok(!lines.is_empty());
             }
@@ -1119,7 +1119,9 @@ impl LineChunker {
                 None => (buf, buf.len(), false),
             };
             let new_len = cur_len + piece.len() as u64;
-            if new_len > self.limit as u64 {
+            // One byte over the limit may be the `\r` of a CRLF ending, which is not part of the
+            // line: `end_line` decides.
+            if new_len > self.limit as u64 + 1 {
                 too_long = true;
             }
             if too_long {
@@ -1136,12 +1138,28 @@ impl LineChunker {
             cur_len = new_len;
             r.consume(consumed);
             if ends_line {
-                self.push_line(data, lines, cur_start, cur_len, too_long);
+                self.end_line(data, lines, (cur_start, cur_len), too_long);
                 cur_start = data.len();
                 cur_len = 0;
                 too_long = false;
             }
         }
+    }
+
+    /// Ends the line of `len` bytes at `start..` in `data`: over the limit unless one byte over
+    /// is its CRLF's `\r` (then it was held whole, and only a prefix of it is kept).
+    fn end_line(
+        &mut self,
+        data: &mut Vec<u8>,
+        lines: &mut Vec<LineRef>,
+        (start, len): (usize, u64),
+        mut too_long: bool,
+    ) {
+        if !too_long && len > self.limit as u64 && data.last() != Some(&b'\r') {
+            too_long = true;
+            data.truncate(start + RAW_PREFIX_OF_LONG_LINE.min(data.len() - start));
+        }
+        self.push_line(data, lines, start, len, too_long);
     }
 
     fn push_line(
@@ -1160,7 +1178,8 @@ impl LineChunker {
                 s += 3;
             }
         }
-        if !too_long && end > s && data[end - 1] == b'\r' {
+        // The `\r` of a CRLF ending, also on an over-long line kept whole (a small limit).
+        if end > s && data[end - 1] == b'\r' && (end - start) as u64 == len {
             end -= 1;
         }
         lines.push(LineRef {
@@ -1970,6 +1989,35 @@ mod tests {
         assert_eq!(lines[0].end - lines[0].start, RAW_PREFIX_OF_LONG_LINE);
         assert_eq!(&data[lines[1].start..lines[1].end], b"ok");
         assert!(data.len() < 1100);
+    }
+
+    #[test]
+    fn a_crlf_ending_does_not_count_toward_the_limit() {
+        let input = b"abcd\r\nabcde\nabcd\n\nabc\r\r\nabcde\r\nab\rcd\nabcd\r";
+        let mut r = BufReader::with_capacity(3, &input[..]);
+        let mut c = LineChunker {
+            limit: 4,
+            first: true,
+        };
+        let (mut data, mut lines) = (Vec::new(), Vec::new());
+        c.next_chunk(&mut r, &mut data, &mut lines).unwrap();
+        let got: Vec<(&[u8], Option<u64>)> = lines
+            .iter()
+            .map(|l| (&data[l.start..l.end], l.too_long))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"abcd"[..], None),
+                (b"abcde", Some(5)),
+                (b"abcd", None),
+                (b"", None),
+                (b"abc\r", None),
+                (b"abcde", Some(6)),
+                (b"ab\rcd", Some(5)),
+                (b"abcd", None),
+            ]
+        );
     }
 
     #[test]
