@@ -295,15 +295,16 @@ fn zone_to_micros(n: NaiveDateTime, tz: &Tz) -> Option<i64> {
         LocalResult::Single(dt) => Some(dt.timestamp_micros()),
         LocalResult::Ambiguous(a, _) => Some(a.timestamp_micros()),
         LocalResult::None => {
-            // A time inside a DST gap: move forward until it exists (gaps are at most 2 hours).
-            (1..=8).find_map(|q| {
-                let later = n + chrono::Duration::minutes(15 * q);
-                match tz.from_local_datetime(&later) {
-                    LocalResult::Single(dt) => Some(dt.timestamp_micros()),
-                    LocalResult::Ambiguous(a, _) => Some(a.timestamp_micros()),
-                    LocalResult::None => None,
-                }
-            })
+            // A time inside a DST gap moves forward by the gap: it is read with the offset in
+            // effect before the gap (as Python's `datetime` reads it, fold 0), so times in the
+            // gap keep their order and spacing. The hour before is outside any gap but the
+            // longest (a whole day, Samoa 2011): step back until the wall clock exists.
+            let offset = (1..=48).find_map(|h| {
+                tz.from_local_datetime(&(n - chrono::Duration::hours(h)))
+                    .latest()
+                    .map(|dt| i64::from(dt.offset().fix().local_minus_utc()))
+            })?;
+            Some(n.and_utc().timestamp_micros() - offset * 1_000_000)
         }
     }
 }
@@ -458,10 +459,23 @@ mod tests {
     #[test]
     fn dst_gap_and_overlap() {
         let ny = chrono_tz::America::New_York;
-        // 2024-03-10 02:30 does not exist in New York; 2024-11-03 01:30 happens twice.
+        // 2024-03-10 02:00-03:00 does not exist in New York: read with the offset before it
+        // (EST), in order and evenly spaced; 2024-11-03 01:30 happens twice.
+        for (local, want) in [
+            ("2024-03-10 01:59:00", "2024-03-10T06:59:00Z"),
+            ("2024-03-10 02:00:00", "2024-03-10T07:00:00Z"),
+            ("2024-03-10 02:10:00", "2024-03-10T07:10:00Z"),
+            ("2024-03-10 02:30:00", "2024-03-10T07:30:00Z"),
+            ("2024-03-10 02:50:00", "2024-03-10T07:50:00Z"),
+            ("2024-03-10 03:05:00", "2024-03-10T07:05:00Z"),
+        ] {
+            assert_eq!(parse_time_str(local, &ny), Some(utc(want)), "{local}");
+        }
+        // Samoa skipped 2011-12-30 whole (UTC-10 to UTC+14).
+        let samoa = chrono_tz::Pacific::Apia;
         assert_eq!(
-            parse_time_str("2024-03-10 02:30:00", &ny),
-            Some(utc("2024-03-10T07:00:00Z"))
+            parse_time_str("2011-12-30 12:00:00", &samoa),
+            Some(utc("2011-12-30T22:00:00Z"))
         );
         assert_eq!(
             parse_time_str("2024-11-03 01:30:00", &ny),
