@@ -21,7 +21,8 @@ use crate::status;
 
 /// Runs chatetl with these arguments and returns the exit code. Never panics.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
@@ -40,7 +41,16 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                     let _ = e.print();
                     return ExitCode::Usage;
                 }
-                _ => eprintln!("{}", error_line(&usage_error(&e.render().to_string()))),
+                _ => {
+                    let error = usage_error(&e.render().to_string());
+                    eprintln!("{}", error_line(&error));
+                    // `--json` asked for one summary on stdout, also when the rest of the line
+                    // could not be parsed (`--json` is global: anywhere after the program name).
+                    if args.iter().skip(1).any(|a| a == "--json") {
+                        let v = json!({"status": code.name(), "exit_code": code.code(), "error": error});
+                        print_stdout(&format!("{v}\n"));
+                    }
+                }
             }
             return code;
         }

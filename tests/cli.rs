@@ -124,6 +124,12 @@ fn usage_errors_exit_64() {
         "{}",
         stderr(&o)
     );
+    // With --json, the summary on stdout too.
+    let o = run(dir.path(), &["--json", "run", "--date", "2024-1-01"]);
+    assert_eq!(code(&o), 64);
+    let v = json_of(&o);
+    assert_eq!(v["exit_code"], 64, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("2024-1-01"), "{v}");
 }
 
 #[test]
