@@ -276,6 +276,9 @@ pub fn discover(root: &Path, date: NaiveDate, pattern: Option<&Pattern>) -> Resu
                 Some((first, _)) => first.to_string(),
                 None => stem_room(&name),
             });
+            // A room is a one-line name: a path's control characters (an escape sequence, a
+            // newline or tab in a directory name) are dropped.
+            let room: String = room.chars().filter(|c| !c.is_control()).collect();
             out.files.push(InputFile {
                 gzip: name.to_ascii_lowercase().ends_with(".gz"),
                 path,
@@ -385,6 +388,13 @@ mod tests {
         let p = Pattern::compile("**/chat_{date:%Y%m%d}.*").unwrap();
         let got = discover(dir.path(), d("2024-10-24"), Some(&p)).unwrap();
         assert_eq!(got.files.len(), 3);
+    }
+
+    #[test]
+    fn rooms_from_paths_lose_control_characters() {
+        let dir = tree(&["r\u{1b}[31mRED\u{1b}[0m\nX/chat_2024-10-24.log"]);
+        let got = discover(dir.path(), d("2024-10-24"), None).unwrap();
+        assert_eq!(got.files[0].room, "r[31mRED[0mX");
     }
 
     #[test]
