@@ -360,7 +360,7 @@ fn run_date(
         res.rejected = m.counts.rejected;
         res.output = Some(layout.messages_dir(date).display().to_string());
         res.aggregates = Some(
-            match aggregate::committed_dir(layout, date, settings.compression) {
+            match aggregate::committed_dir(layout, date, settings, RUN_TOP) {
                 Some(dir) => dir.display().to_string(),
                 None => res.stage("aggregate", || aggregate_date(settings, layout, date))?,
             },
@@ -379,11 +379,14 @@ fn run_date(
 }
 
 /// Aggregates a date that has just been written (the caller holds its lock).
+/// Rows of the top lists in the aggregates `run` makes.
+const RUN_TOP: usize = 10;
+
 fn aggregate_date(settings: &Settings, layout: &Layout, date: NaiveDate) -> Result<String> {
     let opts = aggregate::AggregateOptions {
         from: date,
         to: date,
-        top: 10,
+        top: RUN_TOP,
         include_system: false,
     };
     let (_, dir) = aggregate::build(settings, layout, &opts, vec![date], Vec::new())?;
@@ -391,11 +394,12 @@ fn aggregate_date(settings: &Settings, layout: &Layout, date: NaiveDate) -> Resu
 }
 
 /// True when the manifest lists exactly the files found now, with the same sizes and hashes, and
-/// was written by this version with the same zone and codec.
+/// was written by this version with the same zone, codec and record settings.
 fn inputs_unchanged(m: &write::Manifest, found: &Discovery, settings: &Settings) -> Result<bool> {
     if m.tool_version != env!("CARGO_PKG_VERSION")
         || m.tz != settings.tz.name()
         || m.compression.parse::<Codec>() != Ok(settings.compression)
+        || m.record_settings.as_ref() != Some(&extract::RecordSettings::of(settings))
         || m.inputs.len() != found.files.len()
     {
         return Ok(false);

@@ -1159,6 +1159,69 @@ fn compression_is_chosen_recorded_and_rebuilds_the_date() {
     assert_eq!(parquet_codecs(&aggregates), ["ZSTD".to_string()].into());
 }
 
+/// `run` finds a date up to date only when the settings that decided its records are the same
+/// (a new system sender changes `kind`), and keeps its aggregates only when they are the ones it
+/// would make (not an `aggregate --include-system --top 1` made by hand since).
+#[test]
+fn run_redoes_a_date_whose_record_settings_or_aggregates_differ() {
+    let (dir, input, out) = workspace();
+    let date = "2024-10-24";
+    let run_with = |system: Option<&str>| {
+        let mut c = chatetl(dir.path());
+        if let Some(s) = system {
+            c.env("CHATETL_SYSTEM_SENDERS", s);
+        }
+        c.args(args(&input, &out, &["--json", "run", "--date", date]))
+            .output()
+            .unwrap()
+    };
+    let status = |o: &Output| {
+        json_of(o)["dates"][0]["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let summary = || -> Value {
+        serde_json::from_slice(
+            &fs::read(out.join(format!("aggregates/date={date}/summary.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let top = || summary()["top_senders"][0]["sender_id"].clone();
+    assert_eq!(status(&run_with(None)), "ok");
+    let busiest = top();
+    assert_eq!(status(&run_with(None)), "up_to_date");
+    // The busiest sender made a system sender: the date is redone, and it leaves the top list.
+    let mina = busiest.as_str().unwrap().to_string();
+    assert_eq!(status(&run_with(Some(&mina))), "ok");
+    assert_ne!(top(), busiest);
+    assert_eq!(status(&run_with(Some(&mina))), "up_to_date");
+    // Back to the defaults: redone again.
+    assert_eq!(status(&run_with(None)), "ok");
+    assert_eq!(top(), busiest);
+    // Aggregates made by hand with other options are made again by an up-to-date run.
+    let o = chatetl(dir.path())
+        .args(args(
+            &input,
+            &out,
+            &[
+                "aggregate",
+                "--date",
+                date,
+                "--include-system",
+                "--top",
+                "1",
+            ],
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(summary()["include_system"], true);
+    assert_eq!(status(&run_with(None)), "up_to_date");
+    assert_eq!(summary()["include_system"], false);
+    assert_eq!(summary()["top"], 10);
+}
+
 /// Checks that `messages/date=D` is complete: `_SUCCESS` lists exactly the Parquet files on disk,
 /// with their sizes and hashes. Returns the manifest's row count.
 fn assert_complete_date(date_dir: &Path) -> u64 {

@@ -83,6 +83,8 @@ pub struct Aggregates {
     pub missing_dates: Vec<NaiveDate>,
     pub tz: String,
     pub include_system: bool,
+    /// The `stop_words` the word counts left out, sorted.
+    pub stop_words: Vec<String>,
     pub messages: u64,
     pub senders: Vec<SenderRow>,
     pub rooms: Vec<RoomRow>,
@@ -533,6 +535,7 @@ pub fn compute(
         missing_dates,
         tz: tz.name().to_string(),
         include_system,
+        stop_words: sorted_stop_words(settings),
         messages: total,
         senders,
         rooms,
@@ -807,6 +810,8 @@ pub fn summary_json(agg: &Aggregates, top: usize) -> serde_json::Value {
         "missing_dates": agg.missing_dates,
         "tz": agg.tz,
         "include_system": agg.include_system,
+        "top": top,
+        "stop_words": agg.stop_words,
         "messages": agg.messages,
         "senders": agg.senders.len(),
         "rooms": agg.rooms.len(),
@@ -951,10 +956,31 @@ fn outcome(agg: &Aggregates, opts: &AggregateOptions, dest: &Path, seconds: f64)
 
 /// The aggregates directory of a committed single date whose tables were written with `codec`,
 /// if any (for `run`, which rebuilds aggregates written with another codec).
-pub fn committed_dir(layout: &Layout, date: NaiveDate, codec: Codec) -> Option<PathBuf> {
+/// The date's aggregates when they are what `run` would make of the committed date now: by this
+/// version, in the zone, with the codec and stop words of `settings`, without system messages
+/// and with top lists of `top` (not an `aggregate --include-system` or `--top` made by hand).
+pub fn committed_dir(
+    layout: &Layout,
+    date: NaiveDate,
+    settings: &Settings,
+    top: usize,
+) -> Option<PathBuf> {
     let d = layout.aggregates_dir(date);
-    (d.join("summary.json").is_file() && written_with(&d.join("senders.parquet"), codec))
-        .then_some(d)
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("summary.json")).ok()?).ok()?;
+    let same = summary["version"] == env!("CARGO_PKG_VERSION")
+        && summary["tz"] == settings.tz.name()
+        && summary["include_system"] == false
+        && summary["top"] == top
+        && summary["stop_words"] == json!(sorted_stop_words(settings));
+    (same && written_with(&d.join("senders.parquet"), settings.compression)).then_some(d)
+}
+
+fn sorted_stop_words(settings: &Settings) -> Vec<String> {
+    let mut v = settings.stop_words.clone();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Whether a table was compressed with `codec` (as the aggregates use it: zstd at any level),

@@ -175,11 +175,42 @@ pub struct Totals {
     pub dropped: DropCounts,
 }
 
+/// The settings besides the zone and the input that decide which records `extract` stages and
+/// what they hold: kept with the staged records and in the date's manifest, so that `run` redoes
+/// a date whose records they would change (a new system sender, a field alias, a line limit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordSettings {
+    /// `system_senders`, sorted.
+    pub system_senders: Vec<String>,
+    /// `[fields]`.
+    pub fields: crate::config::FieldAliases,
+    /// `max_line_bytes`.
+    pub max_line_bytes: usize,
+}
+
+impl RecordSettings {
+    /// The current ones.
+    pub fn of(settings: &Settings) -> RecordSettings {
+        let mut system_senders = settings.system_senders.clone();
+        system_senders.sort();
+        system_senders.dedup();
+        RecordSettings {
+            system_senders,
+            fields: settings.fields.clone(),
+            max_line_bytes: settings.max_line_bytes,
+        }
+    }
+}
+
 /// What `extract` staged for a date; saved as `extract.json` and read by `write`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExtractSummary {
     /// Tool version that staged it.
     pub version: String,
+    /// The settings besides the zone that decided the staged records (absent in staging from
+    /// before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_settings: Option<RecordSettings>,
     /// The logical date.
     pub date: NaiveDate,
     /// Zone used for naive times.
@@ -891,6 +922,7 @@ fn extract_into(
     };
     let summary = ExtractSummary {
         version: env!("CARGO_PKG_VERSION").to_string(),
+        record_settings: Some(RecordSettings::of(settings)),
         date,
         tz: settings.tz.name().to_string(),
         files: stats_all,

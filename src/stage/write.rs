@@ -106,6 +106,10 @@ pub struct Manifest {
     /// Codec of the Parquet files (`zstd` in manifests from before it could be chosen).
     #[serde(default = "zstd")]
     pub compression: String,
+    /// The settings that decided the records, as extract staged them (absent in manifests from
+    /// before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_settings: Option<extract::RecordSettings>,
     /// Inputs.
     pub inputs: Vec<ManifestInput>,
     /// Line and record counts from extract.
@@ -330,6 +334,7 @@ fn build(
         date,
         tz: summary.tz.clone(),
         compression: settings.compression.to_string(),
+        record_settings: summary.record_settings.clone(),
         inputs: summary
             .files
             .iter()
