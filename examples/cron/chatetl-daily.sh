@@ -3,9 +3,9 @@
 # exits with chatetl's own exit code so that cron's mail, a monitoring wrapper or `systemctl
 # status` sees a failure as a failure.
 #
-#   CHATETL_DAY_TZ    zone in which "yesterday" is taken (default: Asia/Seoul); set it to the
-#                     `tz` of your chatetl.toml. chatetl's own zone still comes from its config
-#                     (or CHATETL_TZ, when you set that).
+#   CHATETL_DAY_TZ    zone in which "yesterday" is taken (default: CHATETL_TZ when set, else
+#                     Asia/Seoul); set it to the `tz` of your chatetl.toml. chatetl's own zone
+#                     still comes from its config (or CHATETL_TZ, when you set that).
 #   CHATETL_BIN       chatetl binary                  (default: chatetl on the PATH)
 #   CHATETL_CONFIG    chatetl.toml (roots, tz, [kafka] brokers and topic for notifications)
 #   CHATETL_LOG_DIR   where the logs go               (default: $HOME/chatetl-logs)
