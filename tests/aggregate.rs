@@ -180,6 +180,26 @@ fn aggregates_of_sample_logs_match_duckdb_and_a_range_is_the_sum_of_its_parts() 
     ));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["missing_dates"], serde_json::json!(["2024-10-23"]));
+    // A long range: the terminal line names the first ten missing dates, summary.json all.
+    let o = ok(chatetl(
+        w,
+        &["aggregate", "--from", "2024-01-01", "--to", "2024-12-31"],
+    ));
+    let first = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        first.contains("(2 dates; without complete output: 2024-01-01, ")
+            && first.ends_with("2024-01-10 and 354 more (all in summary.json))"),
+        "{first}"
+    );
+    let all: Value = serde_json::from_slice(
+        &std::fs::read(w.join("out/aggregates/range=2024-01-01_2024-12-31/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(all["missing_dates"].as_array().unwrap().len(), 364);
     let range = w.join("out/aggregates/range=2024-10-23_2024-10-25");
     check_against_duckdb(w, &range, &["2024-10-24", "2024-10-25"]);
     // Sum of parts: messages, characters per sender; messages per room; hourly.

@@ -862,23 +862,31 @@ fn outcome(agg: &Aggregates, opts: &AggregateOptions, dest: &Path, seconds: f64)
     } else {
         format!("{}..{}", opts.from, opts.to)
     };
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    // The terminal line names the first missing dates; summary.json lists them all.
+    const MISSING_SHOWN: usize = 10;
+    let missing = &agg.missing_dates;
     human.push_str(&format!(
-        "{span}: {} messages from {} senders in {} rooms ({} date{}{}{})\n",
-        agg.messages,
-        agg.senders.len(),
-        agg.rooms.len(),
-        agg.dates.len(),
-        if agg.dates.len() == 1 { "" } else { "s" },
-        if agg.missing_dates.is_empty() {
+        "{span}: {} from {} in {} ({}{}{})\n",
+        count(agg.messages as usize, "message"),
+        count(agg.senders.len(), "sender"),
+        count(agg.rooms.len(), "room"),
+        count(agg.dates.len(), "date"),
+        if missing.is_empty() {
             String::new()
         } else {
             format!(
-                "; without complete output: {}",
-                agg.missing_dates
+                "; without complete output: {}{}",
+                missing
                     .iter()
+                    .take(MISSING_SHOWN)
                     .map(|d| d.to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                match missing.len().saturating_sub(MISSING_SHOWN) {
+                    0 => String::new(),
+                    more => format!(" and {more} more (all in summary.json)"),
+                }
             )
         },
         if agg.include_system {
