@@ -378,10 +378,10 @@ fn run_date(
     Ok(())
 }
 
-/// Aggregates a date that has just been written (the caller holds its lock).
 /// Rows of the top lists in the aggregates `run` makes.
 const RUN_TOP: usize = 10;
 
+/// Aggregates a date that has just been written (the caller holds its lock).
 fn aggregate_date(settings: &Settings, layout: &Layout, date: NaiveDate) -> Result<String> {
     let opts = aggregate::AggregateOptions {
         from: date,

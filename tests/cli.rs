@@ -625,14 +625,15 @@ fn permission_refused_at_commit_exits_73_keeps_the_date_and_leaves_no_temporary_
 
 #[test]
 fn a_failed_extract_leaves_nothing_for_write_to_commit() {
-    let (dir, input, out) = fixture(
-        b"{'user': 'a', 'message': 'x', 'time': '2024-10-24 10:00:00'}\n",
-        "chat_2024-10-24.log",
-    );
-    let o = run(
-        dir.path(),
-        &args(&input, &out, &["run", "--date", "2024-10-24"]),
-    );
+    let line = b"{'user': 'a', 'message': 'x', 'time': '2024-10-24 10:00:00'}\n";
+    let (dir, input, out) = fixture(line, "chat_2024-10-24.log");
+    let stage = |stage: &str| {
+        run(
+            dir.path(),
+            &args(&input, &out, &[stage, "--date", "2024-10-24"]),
+        )
+    };
+    let o = stage("run");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let part = out.join("messages/date=2024-10-24/sender_id=a/part-00000.parquet");
     let before = fs::read(&part).unwrap();
@@ -643,55 +644,30 @@ fn a_failed_extract_leaves_nothing_for_write_to_commit() {
         b"\x1f\x8b\x08\x00garbage",
     )
     .unwrap();
-    let o = run(
-        dir.path(),
-        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
-    );
+    let o = stage("extract");
     assert_eq!(code(&o), 65, "{}", stderr(&o));
     assert!(!out.join("_staging/date=2024-10-24").exists());
-    let o = run(
-        dir.path(),
-        &args(&input, &out, &["write", "--date", "2024-10-24"]),
-    );
+    let o = stage("write");
     assert_eq!(code(&o), 66, "{}", stderr(&o));
     assert_eq!(fs::read(&part).unwrap(), before);
     // The same when the day's input is gone.
     fs::remove_file(input.join("room/more_2024-10-24.log.gz")).unwrap();
-    let o = run(
-        dir.path(),
-        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
-    );
+    let o = stage("extract");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(out.join("_staging/date=2024-10-24").exists());
     fs::remove_file(input.join("room/chat_2024-10-24.log")).unwrap();
-    let o = run(
-        dir.path(),
-        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
-    );
+    let o = stage("extract");
     assert_eq!(code(&o), 99, "{}", stderr(&o));
     assert!(!out.join("_staging/date=2024-10-24").exists());
-    let o = run(
-        dir.path(),
-        &args(&input, &out, &["write", "--date", "2024-10-24"]),
-    );
+    let o = stage("write");
     assert_eq!(code(&o), 66, "{}", stderr(&o));
     assert_eq!(fs::read(&part).unwrap(), before);
     // And when `run` finds the input gone.
-    fs::write(
-        input.join("room/chat_2024-10-24.log"),
-        b"{'user': 'a', 'message': 'x', 'time': '2024-10-24 10:00:00'}\n",
-    )
-    .unwrap();
-    let o = run(
-        dir.path(),
-        &args(&input, &out, &["extract", "--date", "2024-10-24"]),
-    );
+    fs::write(input.join("room/chat_2024-10-24.log"), line).unwrap();
+    let o = stage("extract");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     fs::remove_file(input.join("room/chat_2024-10-24.log")).unwrap();
-    let o = run(
-        dir.path(),
-        &args(&input, &out, &["run", "--date", "2024-10-24"]),
-    );
+    let o = stage("run");
     assert_eq!(code(&o), 99, "{}", stderr(&o));
     assert!(!out.join("_staging/date=2024-10-24").exists());
 }

@@ -32,6 +32,11 @@ fn mock(
 
 /// `notify` for 2024-10-24 against `brokers`, after a `run` of sample_logs into `out`.
 fn notify(dir: &Path, out: &Path, brokers: &str, extra: &[&str]) -> std::process::Output {
+    run(dir, &notify_args(out, brokers, extra))
+}
+
+/// The arguments of [`notify`].
+fn notify_args<'a>(out: &'a Path, brokers: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "--output-root",
         out.to_str().unwrap(),
@@ -44,7 +49,7 @@ fn notify(dir: &Path, out: &Path, brokers: &str, extra: &[&str]) -> std::process
         "room",
     ];
     args.extend_from_slice(extra);
-    run(dir, &args)
+    args
 }
 
 fn sample_run(dir: &Path, input: &Path, out: &Path) {
@@ -219,22 +224,13 @@ fn a_name_whose_first_address_refuses_is_no_outage() {
             .next()
             .unwrap()
             .to_string();
+        let brokers = format!("kbroker:{port}");
         let o = common::wrapped(dir.path(), "unshare", &["-m", "sh", "-c", &script, "sh"])
-            .args([
-                "--output-root",
-                out.to_str().unwrap(),
-                "notify",
-                "--date",
-                "2024-10-24",
-                "--brokers",
-                &format!("kbroker:{port}"),
-                "--topic",
-                "room",
-                "--status",
-                "success",
-                "--timeout",
-                "20",
-            ])
+            .args(notify_args(
+                &out,
+                &brokers,
+                &["--status", "success", "--timeout", "20"],
+            ))
             .output()
             .unwrap();
         assert_eq!(code(&o), 0, "{}", stderr(&o));

@@ -962,8 +962,6 @@ fn outcome(agg: &Aggregates, opts: &AggregateOptions, dest: &Path, seconds: f64)
     }
 }
 
-/// The aggregates directory of a committed single date whose tables were written with `codec`,
-/// if any (for `run`, which rebuilds aggregates written with another codec).
 /// The date's aggregates when they are what `run` would make of the committed date now: by this
 /// version, in the zone, with the codec and stop words of `settings`, without system messages
 /// and with top lists of `top` (not an `aggregate --include-system` or `--top` made by hand).

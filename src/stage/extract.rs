@@ -312,12 +312,17 @@ pub fn extract(
     layout: &Layout,
     date: NaiveDate,
 ) -> Result<Option<ExtractSummary>> {
+    discarding_stale(layout, date, extract_files(settings, layout, date))
+}
+
+fn extract_files(
+    settings: &Settings,
+    layout: &Layout,
+    date: NaiveDate,
+) -> Result<Option<ExtractSummary>> {
     let started = Instant::now();
-    let found = crate::stage::check_log::discover(settings, date).inspect_err(|_| {
-        discard_staged(layout, date, "the input could not be listed");
-    })?;
+    let found = crate::stage::check_log::discover(settings, date)?;
     if !found.has_input() {
-        discard_staged(layout, date, "no input");
         return Ok(None);
     }
     let whole_file_cap = ((settings.memory_budget_mb as usize) << 20) / 2;
@@ -356,6 +361,15 @@ pub fn run_kafka(settings: &Settings, date: NaiveDate, topic: &str) -> Result<Ou
 /// `kafka:TOPIC/PARTITION`, `source_line` and `kafka_offset` are its offset, the room is the
 /// topic unless the record names one. `Ok(None)` means no message on that day (skipped).
 pub fn extract_kafka(
+    settings: &Settings,
+    layout: &Layout,
+    date: NaiveDate,
+    topic: &str,
+) -> Result<Option<ExtractSummary>> {
+    discarding_stale(layout, date, extract_topic(settings, layout, date, topic))
+}
+
+fn extract_topic(
     settings: &Settings,
     layout: &Layout,
     date: NaiveDate,
@@ -475,41 +489,32 @@ fn stage_and_commit(
     skipped_paths: Vec<crate::input::SkippedPath>,
     fill: impl FnOnce(&mut Sink) -> Result<Vec<FileStats>>,
 ) -> Result<Option<ExtractSummary>> {
-    let prepared = || -> Result<(PathBuf, PathBuf)> {
-        for leftover in layout.tmp_leftovers(date)? {
-            crate::layout::remove_path(&leftover)
-                .map_err(|e| Error::io("cannot remove", &leftover, e))?;
-        }
-        Ok((
-            layout.new_tmp_dir("staging", date)?,
-            layout.new_tmp_dir("rejects", date)?,
-        ))
-    };
-    let (staging_tmp, rejects_tmp) =
-        prepared().inspect_err(|_| discard_staged(layout, date, "extract could not start"))?;
+    for leftover in layout.tmp_leftovers(date)? {
+        crate::layout::remove_path(&leftover)
+            .map_err(|e| Error::io("cannot remove", &leftover, e))?;
+    }
+    let staging_tmp = layout.new_tmp_dir("staging", date)?;
+    let rejects_tmp = layout.new_tmp_dir("rejects", date)?;
     let result = extract_into(settings, date, &staging_tmp, &rejects_tmp, fill);
-    let discard = |outcome: &str| {
+    let remove_tmps = || {
         let _ = crate::layout::remove_path(&staging_tmp);
         let _ = crate::layout::remove_path(&rejects_tmp);
-        discard_staged(layout, date, outcome);
     };
     let (mut summary, reject_ratio) = match result {
         Ok(v) if !v.0.files.is_empty() => v,
         Ok(_) => {
-            discard("no input");
+            remove_tmps();
             return Ok(None);
         }
         Err(e) => {
-            discard("extract failed");
+            remove_tmps();
             return Err(e);
         }
     };
     summary.skipped_paths = skipped_paths;
     summary.duration_s = started.elapsed().as_secs_f64();
     let too_many = reject_ratio > settings.max_reject_ratio;
-    swap_into_place(&rejects_tmp, &layout.rejects_dir(date)).inspect_err(|_| {
-        discard("its rejects could not be committed");
-    })?;
+    swap_into_place(&rejects_tmp, &layout.rejects_dir(date)).inspect_err(|_| remove_tmps())?;
     if too_many {
         let _ = crate::layout::remove_path(&staging_tmp);
         let staged = layout.staging_dir(date);
@@ -530,13 +535,27 @@ fn stage_and_commit(
             fsync_path(&staging_tmp).map_err(|e| Error::io("cannot sync", &staging_tmp, e))
         })
         .and_then(|()| swap_into_place(&staging_tmp, &layout.staging_dir(date)))
-        .inspect_err(|_| discard("its records could not be committed"))?;
+        .inspect_err(|_| remove_tmps())?;
     Ok(Some(summary))
 }
 
-/// Removes what an earlier extract staged for `date`, when this one finds no input or fails:
-/// those records no longer match the input, and `write` would commit them; with them gone it
-/// exits 66 (nothing staged). The caller holds the date's lock.
+/// `extracted`, once what an earlier extract staged for `date` is gone when this one staged
+/// nothing or failed (at any step): those records no longer match the input, and `write` would
+/// commit them; with them gone it exits 66 (nothing staged). The caller holds the date's lock.
+fn discarding_stale(
+    layout: &Layout,
+    date: NaiveDate,
+    extracted: Result<Option<ExtractSummary>>,
+) -> Result<Option<ExtractSummary>> {
+    match &extracted {
+        Ok(Some(_)) => {}
+        Ok(None) => discard_staged(layout, date, "no input"),
+        Err(_) => discard_staged(layout, date, "extract failed"),
+    }
+    extracted
+}
+
+/// Removes what was staged for `date` (see [`discarding_stale`]).
 pub fn discard_staged(layout: &Layout, date: NaiveDate, outcome: &str) {
     let staged = layout.staging_dir(date);
     if let Err(e) = crate::layout::remove_path(&staged) {
